@@ -1,0 +1,92 @@
+"""PyTorch backend for multireg (``torch.func`` transforms).
+
+Derivatives are functional transforms from ``torch.func``: ``grad_and_value``, ``jvp``, ``vjp``,
+``jacfwd``, ``hessian`` and ``vmap``. The Hessian-vector product is forward-over-reverse
+(``jvp`` of ``grad``), which the core's kernels support because they are written with array-API
+operations only (``torch.nn.functional.grid_sample``, which has no forward-mode rule, is not used).
+``jit`` is the identity unless the backend is created with ``TorchBackend(compile=True)``, which
+wraps functions in ``torch.compile``. Arrays stay on the device they came on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from multireg._dtypes import float_dtype_name
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend:
+    name = "torch"
+    requires: tuple[str, ...] = ("torch",)
+    extra = "torch"
+    differentiable = True
+
+    @staticmethod
+    def owns(x: Any) -> bool:
+        return array_api_compat.is_torch_array(x)
+
+    def __init__(self, *, compile: bool = False) -> None:
+        import array_api_compat.torch as xp
+        import torch
+        import torch.func
+
+        self._torch = torch
+        self._func = torch.func
+        self.xp = xp
+        self.compile = compile
+
+    def __repr__(self) -> str:
+        return f"TorchBackend(compile={self.compile})"
+
+    def asarray(self, x: Any, *, dtype: Any = None, device: Any = None) -> Any:
+        torch = self._torch
+        dt = getattr(torch, float_dtype_name(dtype, x))
+        if isinstance(x, torch.Tensor):
+            return x.to(dtype=dt, device=device if device is not None else x.device)
+        if not isinstance(x, np.ndarray) and not np.isscalar(x) and hasattr(x, "__dlpack__"):
+            x = np.from_dlpack(x)  # another framework's array, e.g. JAX
+        return torch.as_tensor(np.asarray(x), dtype=dt, device=device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def value_and_grad(self, f):
+        grad_and_value = self._func.grad_and_value(f)
+
+        def value_and_grad(x):
+            g, v = grad_and_value(x)
+            return v, g
+
+        return value_and_grad
+
+    def jvp(self, f, x, v):
+        return self._func.jvp(f, (x,), (v,))
+
+    def vjp(self, f, x):
+        out, pullback = self._func.vjp(f, x)
+        return out, lambda u: pullback(u)[0]
+
+    def hvp(self, f, x, v):
+        return self._func.jvp(self._func.grad(f), (x,), (v,))[1]
+
+    def jacobian(self, f):
+        return self._func.jacfwd(f)
+
+    def hessian(self, f):
+        return self._func.hessian(f)
+
+    def vmap(self, f, in_axes: Any = 0):
+        return self._func.vmap(f, in_dims=in_axes)
+
+    def jit(self, f):
+        return self._torch.compile(f, dynamic=False) if self.compile else f
+
+    def sync(self, x):
+        if isinstance(x, self._torch.Tensor) and x.device.type == "cuda":
+            self._torch.cuda.synchronize(x.device)
+        return x
