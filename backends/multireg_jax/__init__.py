@@ -4,9 +4,10 @@ Derivatives come from ``jax.value_and_grad``, ``jax.jvp``, ``jax.vjp``, ``jax.ja
 ``jax.hessian``; the Hessian-vector product is forward-over-reverse (``jvp`` of ``grad``); ``jit``
 is ``jax.jit`` and ``vmap`` is ``jax.vmap``.
 
-Double precision: JAX computes in float32 unless 64-bit mode is on. This backend turns it on
-(``jax.config.update("jax_enable_x64", True)``, process-wide) the first time it is asked for a
-float64 array, which is multireg's default for solving. float32 arrays stay float32 after that.
+Double precision: JAX computes in float32 unless 64-bit mode is on. multireg solves in float64 by
+default, so creating this backend turns 64-bit mode on (``jax.config.update("jax_enable_x64",
+True)``, process-wide: JAX's own defaults then become 64-bit too). float32 arrays passed in, or
+asked for with ``dtype="float32"``, stay float32.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class JaxBackend:
         import jax
         import jax.numpy as jnp
 
+        if not jax.config.read("jax_enable_x64"):
+            jax.config.update("jax_enable_x64", True)
         self._jax = jax
         self.xp = jnp  # jax.numpy implements the array API standard itself
 
@@ -44,8 +47,6 @@ class JaxBackend:
     def asarray(self, x: Any, *, dtype: Any = None, device: Any = None) -> Any:
         jax = self._jax
         name = float_dtype_name(dtype, x)
-        if name == "float64" and not jax.config.read("jax_enable_x64"):
-            jax.config.update("jax_enable_x64", True)
         if not isinstance(x, (np.ndarray, jax.Array)) and not np.isscalar(x):
             if hasattr(x, "__dlpack__"):
                 x = np.from_dlpack(x.detach() if hasattr(x, "detach") else x)
