@@ -1,0 +1,28 @@
+"""The project's promises about itself: CI runs the README's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.strip().splitlines() if line.strip()]
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    demo, tests = _readme_commands()
+    assert demo.endswith("multireg demo")
+    assert "pytest" in tests
+
+
+def test_ci_installs_and_tests_exactly_as_the_readme_says():
+    ci = (ROOT / ".ci" / "run").read_text()
+    _, tests = _readme_commands()
+    # the README's test command is "<make venv> && <install> && <run tests>"; CI makes its own venv
+    install, run = tests.split(" && ")[-2:]
+    assert install in ci
+    assert run in ci
