@@ -30,48 +30,66 @@ def index_dtype(xp: Any, x: Any) -> Any:
     ]
 
 
+# Gathers are done in chunks of at most this many (point, stencil-entry) pairs: the trailing
+# axes' stencils are vectorised (few, large array operations), the leading ones looped over.
+CHUNK_ELEMENTS = 1 << 24
+
+
 def evaluate(c: Any, xi: Any) -> Any:
     """Spline sum at ``xi`` (shape ``(n, d)``, index units) for coefficients ``c`` (shape ``m``).
 
     Returns shape ``(n,)``. Zero outside the coefficients' support, with zero derivative there.
+    The 4^d stencil is gathered with one ``take`` per chunk: the trailing axes' offsets are
+    broadcast into an ``(n, 4, ..., 4)`` index array while it stays below
+    :data:`CHUNK_ELEMENTS` entries, and the leading axes' offsets are looped over.
     """
     xp = array_api_compat.array_namespace(c, xi)
     m = tuple(c.shape)
     d = len(m)
+    n = xi.shape[0]
     itype = index_dtype(xp, xi)
     flat = xp.reshape(c, (-1,))
     strides = [1] * d
     for k in range(d - 2, -1, -1):
         strides[k] = strides[k + 1] * m[k + 1]
-    # per dimension: 4 (masked) weights and 4 clipped indices
-    per_dim = []
+    offsets = xp.asarray(OFFSETS, dtype=itype, device=array_api_compat.device(xi))
+    index, weight = [], []  # per axis: (n, 4) flat-index contributions and masked weights
     for k in range(d):
         s = xp.clip(xi[:, k], -3.0, float(m[k] + 2))  # keeps the integer cast finite
         p = xp.floor(s)
-        ws = weights(s - p)
-        base = xp.astype(p, itype)
-        entries = []
-        for o, w in zip(OFFSETS, ws):
-            j = base + o
-            inside = (j >= 0) & (j <= m[k] - 1)
-            entries.append((xp.clip(j, 0, m[k] - 1) * strides[k], xp.where(inside, w, 0.0)))
-        per_dim.append(entries)
+        w = xp.stack(weights(s - p), axis=1)
+        j = xp.astype(p, itype)[:, None] + offsets[None, :]
+        inside = (j >= 0) & (j <= m[k] - 1)
+        index.append(xp.clip(j, 0, m[k] - 1) * strides[k])
+        weight.append(xp.where(inside, w, xp.zeros_like(w)))
+    vectorised = 1  # number of trailing axes whose offsets are broadcast
+    while vectorised < d and n * 4 ** (vectorised + 1) <= CHUNK_ELEMENTS:
+        vectorised += 1
+    lead = d - vectorised
+    idx_tail, w_tail = None, None
+    for k in range(lead, d):
+        shape = (n,) + (1,) * (k - lead) + (4,) + (1,) * (d - k - 1)
+        i_k, w_k = xp.reshape(index[k], shape), xp.reshape(weight[k], shape)
+        idx_tail = i_k if idx_tail is None else idx_tail + i_k
+        w_tail = w_k if w_tail is None else w_tail * w_k
+    tail_axes = tuple(range(1, vectorised + 1))
     total = None
-    for combo in _product(per_dim):
-        idx = combo[0][0]
-        w = combo[0][1]
-        for j, wk in combo[1:]:
-            idx = idx + j
-            w = w * wk
-        term = xp.take(flat, idx) * w
+    for combo in _product([range(4)] * lead):
+        idx, w = idx_tail, w_tail
+        for k, o in enumerate(combo):
+            shape = (n,) + (1,) * vectorised
+            idx = idx + xp.reshape(index[k][:, o], shape)
+            w = w * xp.reshape(weight[k][:, o], shape)
+        values = xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), idx.shape)
+        term = xp.sum(values * w, axis=tail_axes)
         total = term if total is None else total + term
     return total
 
 
-def _product(per_dim):
-    if not per_dim:
+def _product(ranges):
+    if not ranges:
         yield ()
         return
-    for head in per_dim[0]:
-        for tail in _product(per_dim[1:]):
+    for head in ranges[0]:
+        for tail in _product(ranges[1:]):
             yield (head, *tail)
