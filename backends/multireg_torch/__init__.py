@@ -50,7 +50,10 @@ class TorchBackend:
             return x.to(dtype=dt, device=device if device is not None else x.device)
         if not isinstance(x, np.ndarray) and not np.isscalar(x) and hasattr(x, "__dlpack__"):
             x = np.from_dlpack(x)  # another framework's array, e.g. JAX
-        return torch.as_tensor(np.asarray(x), dtype=dt, device=device)
+        a = np.asarray(x)
+        if not a.flags.writeable:  # torch wants writeable memory; never write to the user's array
+            a = a.copy()
+        return torch.as_tensor(a, dtype=dt, device=device)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()
