@@ -5,6 +5,7 @@ derivatives. ``import multireg`` imports neither framework: a backend's framewor
 first time that backend is used.
 """
 
+from multireg import optimize
 from multireg._backend import (
     Backend,
     available_backends,
@@ -13,19 +14,55 @@ from multireg._backend import (
     set_backend,
     use_backend,
 )
+from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
+from multireg.interpolation import (
+    ImageModel,
+    image_model,
+    linear_interpolate,
+    spline_coefficients,
+    spline_interpolate,
+)
+from multireg.registration import RegistrationResult, register
+from multireg.regularizers import Curvature, Diffusive, Elastic, Regularizer, regularizer
+from multireg.transforms import Affine, BSpline, Rigid, Transform, Translation, transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MI",
+    "NCC",
+    "NGF",
+    "SSD",
+    "Affine",
+    "BSpline",
     "Backend",
+    "Curvature",
+    "Diffusive",
+    "Distance",
     "Domain",
+    "Elastic",
+    "ImageModel",
     "Level",
+    "RegistrationResult",
+    "Regularizer",
+    "Rigid",
+    "Transform",
+    "Translation",
     "available_backends",
+    "distance",
     "get_backend",
+    "image_model",
+    "linear_interpolate",
     "multilevel",
+    "optimize",
+    "register",
+    "regularizer",
     "resolve_backend",
     "restrict",
     "set_backend",
+    "spline_coefficients",
+    "spline_interpolate",
+    "transform",
     "use_backend",
 ]
