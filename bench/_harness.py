@@ -30,7 +30,9 @@ def measure(
     cold = time.perf_counter() - t0
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < min_time and len(times) < max_runs):
+    while len(times) < min_runs or (
+        time.perf_counter() - start < min_time and len(times) < max_runs
+    ):
         t0 = time.perf_counter()
         sync(fn())
         times.append(time.perf_counter() - t0)

@@ -160,7 +160,9 @@ def _default_from_environment() -> str | None:
         return None
     known = _entry_points()
     if name not in known:
-        raise ValueError(f"{ENV_VAR}={name!r} is not a registered backend; choose from {sorted(known)}")
+        raise ValueError(
+            f"{ENV_VAR}={name!r} is not a registered backend; choose from {sorted(known)}"
+        )
     return name
 
 

@@ -32,7 +32,9 @@ def image(name: str, x: Any, *, dims: Iterable[int] = (2, 3)) -> tuple[int, ...]
         raise TypeError(f"{name} must be an array, not {type(x).__name__}")
     shape = tuple(int(s) for s in shape)
     if len(shape) not in dims:
-        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {shape}")
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, dims))} dimensions, got shape {shape}"
+        )
     if min(shape) < 2:
         raise ValueError(f"{name} must have at least 2 cells along every axis, got shape {shape}")
     host = to_host(x)

@@ -215,5 +215,7 @@ def multilevel(domain: Domain, *images: Any, min_size: int = 4) -> list[Level]:
         coarse = fine.coarsen()
         if coarse.m == fine.m or min(coarse.m) < min_size:
             break
-        levels.append(Level(coarse, tuple(restrict(img, fine, coarse) for img in levels[-1].images)))
+        levels.append(
+            Level(coarse, tuple(restrict(img, fine, coarse) for img in levels[-1].images))
+        )
     return levels[::-1]

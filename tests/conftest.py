@@ -16,7 +16,11 @@ import multireg
 from multireg._backend import _instance
 
 settings.register_profile(
-    "ci", derandomize=True, deadline=None, max_examples=25, print_blob=True,
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=25,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
@@ -84,4 +88,6 @@ def assert_close(bk, actual, expected, *, rtol=1e-10, atol=0.0):
     assert a.shape == e.shape, f"shape {a.shape} != {e.shape}"
     scale = max(float(np.max(np.abs(e))) if e.size else 0.0, 1e-300)
     err = float(np.max(np.abs(a - e))) if e.size else 0.0
-    assert err <= atol + rtol * scale, f"max abs error {err:.3e} > {atol:.1e} + {rtol:.1e}*{scale:.3e}"
+    assert err <= atol + rtol * scale, (
+        f"max abs error {err:.3e} > {atol:.1e} + {rtol:.1e}*{scale:.3e}"
+    )

@@ -160,9 +160,9 @@ def test_autodiff_transforms_agree_with_calculus(ad_bk):
     def g_vec(x):
         return xp.sin(x) * x**2
 
-    out, jv = bk.jvp(g_vec, x, v)
+    _, jv = bk.jvp(g_vec, x, v)
     np.testing.assert_allclose(bk.to_numpy(jv), grad * v0, rtol=1e-13)
-    out, pullback = bk.vjp(g_vec, x)
+    _, pullback = bk.vjp(g_vec, x)
     np.testing.assert_allclose(bk.to_numpy(pullback(v)), grad * v0, rtol=1e-13)
     np.testing.assert_allclose(bk.to_numpy(bk.jacobian(g_vec)(x)), np.diag(grad), atol=1e-13)
     jitted = bk.jit(f)
