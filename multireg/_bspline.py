@@ -66,22 +66,24 @@ def evaluate(c: Any, xi: Any) -> Any:
     while vectorised < d and n * 4 ** (vectorised + 1) <= CHUNK_ELEMENTS:
         vectorised += 1
     lead = d - vectorised
-    idx_tail, w_tail = None, None
+    idx_tail = None
     for k in range(lead, d):
         shape = (n,) + (1,) * (k - lead) + (4,) + (1,) * (d - k - 1)
-        i_k, w_k = xp.reshape(index[k], shape), xp.reshape(weight[k], shape)
+        i_k = xp.reshape(index[k], shape)
         idx_tail = i_k if idx_tail is None else idx_tail + i_k
-        w_tail = w_k if w_tail is None else w_tail * w_k
-    tail_axes = tuple(range(1, vectorised + 1))
     total = None
     for combo in _product([range(4)] * lead):
-        idx, w = idx_tail, w_tail
+        idx, w_lead = idx_tail, None
         for k, o in enumerate(combo):
-            shape = (n,) + (1,) * vectorised
-            idx = idx + xp.reshape(index[k][:, o], shape)
-            w = w * xp.reshape(weight[k][:, o], shape)
+            idx = idx + xp.reshape(index[k][:, o], (n,) + (1,) * vectorised)
+            w_lead = weight[k][:, o] if w_lead is None else w_lead * weight[k][:, o]
         values = xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), idx.shape)
-        term = xp.sum(values * w, axis=tail_axes)
+        # contract one axis at a time, last first: fewer products than forming the full
+        # tensor-product weight, and a cheaper reverse pass
+        for k in range(d - 1, lead - 1, -1):
+            w_k = xp.reshape(weight[k], (n,) + (1,) * (k - lead) + (4,))
+            values = xp.sum(values * w_k, axis=-1)
+        term = values if w_lead is None else values * w_lead
         total = term if total is None else total + term
     return total
 
