@@ -45,11 +45,13 @@ __all__ = ["LevelResult", "RegistrationResult", "register"]
 
 PARAMETRIC = ("translation", "rigid", "affine", "bspline")
 METHODS = ("gauss-newton", "newton", "trust-region", "lbfgs")
+DISTANCES = ("ssd", "ncc", "ngf", "mi")
+REGULARIZERS = ("elastic", "diffusive", "curvature")
 
 
 @dataclass(frozen=True)
 class LevelResult:
-    """The optimiser's outcome on one level (``stage`` is ``"parametric"`` or ``"nonparametric"``)."""
+    """The optimiser's outcome on one level; ``stage``: ``"parametric"`` or ``"nonparametric"``."""
 
     stage: str
     domain: Domain
@@ -66,12 +68,14 @@ class LevelResult:
 class RegistrationResult:
     """What :func:`register` returns. Arrays belong to the backend that computed them.
 
-    ``w``: the parametric parameters in FAIR's layout (for a nonparametric registration, those of
-    the pre-registration, or None). ``y``: the transformed cell-centred grid of the finest level,
-    shape ``(n, d)``. ``y_grid``: the nonparametric unknown on its grid (stacked components), or
-    None. ``warped``: T(y) on the reference grid, shape ``m``. ``reduction``: J(y)/J(identity) on
-    the finest level (FAIR's MLhis.reduction). ``det_min``: the minimum of det ∇y over the cells
-    (nonparametric only; ≤ 0 means the map folds).
+    ``w``: the parametric parameters in the transformation's layout (FAIR's for the linear maps;
+    :meth:`~multireg.transforms.BSpline.to_fair` converts a B-spline's); for a nonparametric
+    registration those of the pre-registration, or None. ``y``: the transformed cell-centred
+    grid of the finest level, shape ``(n, d)``. ``y_grid``: the nonparametric unknown on its
+    grid (stacked components), or None. ``warped``: T(y) on the reference grid, shape ``m``.
+    ``reduction``: D(y)/D(identity) on the finest level (FAIR's MLhis.reduction; MI is
+    negative, so there a gain is a reduction above 1). ``det_min``: the minimum of det ∇y over
+    the cells (nonparametric only; ≤ 0 means the map folds).
     """
 
     w: Any
@@ -159,7 +163,7 @@ def register(
         ``"gauss-newton"``, ``"newton"`` (exact Hessian), ``"trust-region"`` (Newton–CG with
         Steihaug's CG on the exact Hessian) or ``"lbfgs"``. Nonparametric: Gauss–Newton or L-BFGS.
     w0
-        Starting parameters (default the identity), FAIR's layout.
+        Starting parameters (default the identity), in the layout of ``w`` in the result.
     backend, dtype
         The backend (name or object; default: inferred from the arrays, else the active one)
         and ``"float64"`` (default) or ``"float32"``.
@@ -183,28 +187,43 @@ def register(
     _checks.choice("dtype", dtype, ("float64", "float32"))
     _checks.choice("image_model", image_model, ("spline", "linear"))
     model = ImageModel(image_model, theta=theta)
-    dist = make_distance(distance) if isinstance(distance, str) else distance
+    if isinstance(distance, str):
+        _checks.choice("distance", distance.lower(), DISTANCES)
+        dist = make_distance(distance)
+    elif isinstance(distance, Distance):
+        dist = distance
+    else:
+        raise TypeError(f"distance must be a name or a Distance, not {type(distance).__name__}")
     if method == "gauss-newton" and not dist.gauss_newton:
         raise ValueError(
             f"distance {type(dist).__name__} has no Gauss–Newton form; "
             "use method='lbfgs', 'trust-region' or 'newton'"
         )
     for name, value in (("max_iter", max_iter), ("cg_max_iter", cg_max_iter)):
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, not bool")
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g), ("cg_rtol", cg_rtol)):
         _checks.positive(name, value, allow_zero=True)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, not {type(callback).__name__}")
     pyramid_domains = _select_levels(domain, levels)
     if nonparametric:
         if method not in ("gauss-newton", "lbfgs"):
             raise ValueError("nonparametric registration supports method 'gauss-newton' or 'lbfgs'")
         if alpha is None:
-            raise ValueError("alpha (the regularisation weight) is required for nonparametric registration")
+            raise ValueError(
+                "alpha (the regularisation weight) is required for nonparametric registration"
+            )
+        _checks.choice("regularizer", regularizer, REGULARIZERS)
         reg = make_regularizer(regularizer, alpha=alpha, **_elastic_options(regularizer, mu, lam))
         if pre_registration is not None:
             _checks.choice("pre_registration", pre_registration, ("translation", "rigid", "affine"))
         if w0 is not None:
-            raise ValueError("w0 applies to parametric registration; nonparametric starts from pre_registration")
+            raise ValueError(
+                "w0 applies to parametric registration; nonparametric starts from pre_registration"
+            )
         trafo: Transform | None = None
     else:
         trafo = _make_transform(transform, domain, p)
@@ -219,6 +238,8 @@ def register(
         w0 = bk.asarray(w0, dtype=dtype)
         if tuple(w0.shape) != (trafo.n_params,):
             raise ValueError(f"w0 must have shape ({trafo.n_params},), got {tuple(w0.shape)}")
+        if not np.all(np.isfinite(_checks.to_host(w0))):
+            raise ValueError("w0 contains NaN or Inf")
 
     options = dict(tol_j=tol_j, tol_y=tol_y, tol_g=tol_g, max_iter=max_iter)
     if method in ("gauss-newton", "newton", "trust-region"):
@@ -354,9 +375,9 @@ def _level_data(bk, model, level):
     T, R = level.images
     x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
     coef = model.coefficients(T)
-    Rc = R if model.kind == "linear" or model.theta == 0 else (
-        xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
-    )
+    Rc = R
+    if model.kind == "spline" and model.theta != 0:  # FAIR smooths R with the same theta
+        Rc = xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
     return coef, Rc, x
 
 
@@ -536,11 +557,13 @@ def _nonparametric(bk, pyramid, model, dist, reg, pre, method, options, callback
         previous = d
     finest = pyramid[-1]
     d = finest.domain
-    coef, Rc, x = _level_data(bk, model, finest)
+    coef, Rc, _ = _level_data(bk, model, finest)
     yc = gridops.to_cell_centers(y, d, kind)
     warped = xp.reshape(model.evaluate(coef, d, yc), d.m)
     x_grid = gridops.identity_grid(d, kind, xp, dtype=dtype, device=device)
-    d_id = float(bk.to_numpy(_nonparametric_kernels(bk, model, dist, reg, d)["distance"](x_grid, coef, Rc)))
+    d_id = float(
+        bk.to_numpy(_nonparametric_kernels(bk, model, dist, reg, d)["distance"](x_grid, coef, Rc))
+    )
     det = gridops.jacobian_determinant(y, d, kind)
     final = results[-1].distance
     return RegistrationResult(
@@ -593,4 +616,3 @@ def _nonparametric_objective(bk, kernels, reg, domain, coef, Rc, y_ref, dtype, d
         ),
         curvature="gauss-newton",
     )
-
