@@ -317,9 +317,19 @@ def _parametric_kernels(bk, trafo, model, dist, domain):
         return bk.value_and_grad(lambda v: J(v, coef, Rc, x))(w)
 
     def gn_matrix(w, coef, Rc, x):
-        r = residual(w, coef, Rc, x)
-        Jr = bk.jacobian(lambda v: residual(v, coef, Rc, x))(w)
-        W = dist.gn_weight(r, Rc, domain)
+        """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR's factorisation, book §6.3): one pullback
+        gives the pointwise image gradient dT, so the stencil is not pushed once per parameter."""
+        y = trafo(w, x)
+        Tc, pullback = bk.vjp(lambda u: model.evaluate(coef, domain, u), y)
+        dT = pullback(xp.ones_like(Tc))  # T(y_i) depends on y_i only
+        dy = bk.jacobian(lambda v: trafo(v, x))(w)  # (n, d, p); cheap: no interpolation
+        JT = sum(dT[:, k, None] * dy[:, k, :] for k in range(domain.dim))  # (n, p)
+        T0 = xp.reshape(Tc, domain.m)
+        zero = xp.zeros(JT.shape[1], dtype=JT.dtype, device=_device(JT))
+        Jr = bk.jacobian(lambda t: dist.residual(T0 + xp.reshape(JT @ t, domain.m), Rc, domain))(
+            zero
+        )
+        W = dist.gn_weight(dist.residual(T0, Rc, domain), Rc, domain)
         return Jr.T @ ((W[:, None] if W.ndim else W) * Jr)
 
     def gn_matvec(w, v, coef, Rc, x):
@@ -486,7 +496,8 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain):
 
     def gn_matvec(v, dT, Tc, W, Rc):
         """(Pᵀ dTᵀ J_rᵀ W J_r dT P + α hd BᵀB) v, FAIR's matrix-free GN operator (book §9.4)."""
-        t = xp.reshape(xp.sum(dT * points(v), axis=1), domain.m)
+        z = points(v)  # summing the d columns by hand: torch reduces a tiny last axis slowly
+        t = xp.reshape(sum(dT[:, k] * z[:, k] for k in range(domain.dim)), domain.m)
         _, jt = bk.jvp(lambda u: dist.residual(u, Rc, domain), Tc, t)
         _, pullback = bk.vjp(lambda u: dist.residual(u, Rc, domain), Tc)
         g = xp.reshape(pullback(W * jt), (-1,))
