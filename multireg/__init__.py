@@ -5,7 +5,7 @@ derivatives. ``import multireg`` imports neither framework: a backend's framewor
 first time that backend is used.
 """
 
-from multireg import optimize
+from multireg import optimize, separable, superres
 from multireg._backend import (
     Backend,
     available_backends,
@@ -16,6 +16,7 @@ from multireg._backend import (
 )
 from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
+from multireg.homotopy import HomotopyResult, homotopy
 from multireg.interpolation import (
     ImageModel,
     image_model,
@@ -42,6 +43,7 @@ __all__ = [
     "Distance",
     "Domain",
     "Elastic",
+    "HomotopyResult",
     "ImageModel",
     "Level",
     "RegistrationResult",
@@ -52,6 +54,7 @@ __all__ = [
     "available_backends",
     "distance",
     "get_backend",
+    "homotopy",
     "image_model",
     "linear_interpolate",
     "multilevel",
@@ -60,9 +63,11 @@ __all__ = [
     "regularizer",
     "resolve_backend",
     "restrict",
+    "separable",
     "set_backend",
     "spline_coefficients",
     "spline_interpolate",
+    "superres",
     "transform",
     "use_backend",
 ]

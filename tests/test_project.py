@@ -26,3 +26,12 @@ def test_ci_installs_and_tests_exactly_as_the_readme_says():
     install, run = tests.split(" && ")[-2:]
     assert install in ci
     assert run in ci
+
+
+def test_public_entry_points_are_where_the_issues_put_them():
+    import multireg
+
+    assert callable(multireg.register)
+    assert callable(multireg.homotopy)  # multireg.homotopy(T, R, omega, ...)
+    assert callable(multireg.superres.solve) and callable(multireg.superres.make_problem)
+    assert set(multireg.__all__) <= set(dir(multireg))
