@@ -13,6 +13,7 @@ Reference: J. Modersitzki, *FAIR: Flexible Algorithms for Image Registration*, S
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["Domain", "Level", "multilevel", "restrict"]
+__all__ = ["Domain", "Level", "multilevel", "pyramid_domains", "restrict"]
 
 
 @dataclass(frozen=True)
@@ -209,13 +210,20 @@ def multilevel(domain: Domain, *images: Any, min_size: int = 4) -> list[Level]:
     for i, img in enumerate(images):
         if tuple(img.shape) != domain.m:
             raise ValueError(f"images[{i}] has shape {tuple(img.shape)}, but m = {domain.m}")
+    domains = pyramid_domains(domain, min_size=min_size)[::-1]  # finest first
     levels = [Level(domain, tuple(images))]
-    while True:
-        fine = levels[-1].domain
-        coarse = fine.coarsen()
-        if coarse.m == fine.m or min(coarse.m) < min_size:
-            break
+    for fine, coarse in itertools.pairwise(domains):
         levels.append(
             Level(coarse, tuple(restrict(img, fine, coarse) for img in levels[-1].images))
         )
     return levels[::-1]
+
+
+def pyramid_domains(domain: Domain, *, min_size: int = 4) -> list[Domain]:
+    """The domains of :func:`multilevel`'s levels, coarsest first, without touching any data."""
+    domains = [domain]
+    while True:
+        coarse = domains[-1].coarsen()
+        if coarse.m == domains[-1].m or min(coarse.m) < min_size:
+            return domains[::-1]
+        domains.append(coarse)

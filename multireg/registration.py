@@ -33,7 +33,7 @@ from multireg import _checks, gridops, optimize
 from multireg._backend import resolve_backend
 from multireg.distances import Distance
 from multireg.distances import distance as make_distance
-from multireg.grid import Domain, multilevel
+from multireg.grid import Domain, multilevel, pyramid_domains
 from multireg.interpolation import ImageModel
 from multireg.optimize import LinearOperator, Objective, Result, Status
 from multireg.regularizers import Regularizer
@@ -208,7 +208,7 @@ def register(
         _checks.positive(name, value, allow_zero=True)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-    pyramid_domains = _select_levels(domain, levels)
+    selected = _select_levels(domain, levels)
     if nonparametric:
         if method not in ("gauss-newton", "lbfgs"):
             raise ValueError("nonparametric registration supports method 'gauss-newton' or 'lbfgs'")
@@ -245,7 +245,7 @@ def register(
     if method in ("gauss-newton", "newton", "trust-region"):
         options.update(cg_rtol=cg_rtol, cg_max_iter=cg_max_iter)
     started = time.perf_counter()
-    pyramid = [lv for lv in multilevel(domain, Tb, Rb, min_size=1) if lv.domain in pyramid_domains]
+    pyramid = [lv for lv in multilevel(domain, Tb, Rb, min_size=1) if lv.domain in selected]
 
     if nonparametric:
         out = _nonparametric(
@@ -258,7 +258,7 @@ def register(
 
 
 def _select_levels(domain: Domain, levels: Any) -> list[Domain]:
-    all_levels = [lv.domain for lv in multilevel(domain, np.zeros(domain.m), min_size=1)]
+    all_levels = pyramid_domains(domain, min_size=1)
     if levels is None:
         return [domain]
     if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
@@ -299,6 +299,13 @@ def _make_transform(transform: Any, domain: Domain, p: Any) -> Transform:
 # ------------------------------------------------------------------------------ parametric
 
 
+def _image_and_gradient(bk, model, coef, domain, y):
+    """T(y) (shape (n,)) and the pointwise gradient ∇T(y) (shape (n, d)) from one pullback:
+    T(y_i) depends on y_i only, so the pullback of a vector of ones is the gradient."""
+    Tc, pullback = bk.vjp(lambda u: model.evaluate(coef, domain, u), y)
+    return Tc, pullback(bk.xp.ones_like(Tc))
+
+
 @functools.lru_cache(maxsize=32)
 def _parametric_kernels(bk, trafo, model, dist, domain):
     """Compiled J, ∇J, Gauss–Newton and exact curvatures of J(w) on one level."""
@@ -319,9 +326,7 @@ def _parametric_kernels(bk, trafo, model, dist, domain):
     def gn_matrix(w, coef, Rc, x):
         """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR's factorisation, book §6.3): one pullback
         gives the pointwise image gradient dT, so the stencil is not pushed once per parameter."""
-        y = trafo(w, x)
-        Tc, pullback = bk.vjp(lambda u: model.evaluate(coef, domain, u), y)
-        dT = pullback(xp.ones_like(Tc))  # T(y_i) depends on y_i only
+        Tc, dT = _image_and_gradient(bk, model, coef, domain, trafo(w, x))
         dy = bk.jacobian(lambda v: trafo(v, x))(w)  # (n, d, p); cheap: no interpolation
         JT = sum(dT[:, k, None] * dy[:, k, :] for k in range(domain.dim))  # (n, p)
         T0 = xp.reshape(Tc, domain.m)
@@ -487,9 +492,7 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain):
 
     def linearise(y, coef, Rc):
         """Pointwise image gradients dT (n, d), the residual and its GN weight at y."""
-        z = points(y)
-        Tc, pullback = bk.vjp(lambda u: model.evaluate(coef, domain, u), z)
-        dT = pullback(xp.ones_like(Tc))  # T(z_i) depends on z_i only: one pullback gives ∇T
+        Tc, dT = _image_and_gradient(bk, model, coef, domain, points(y))
         r = dist.residual(xp.reshape(Tc, domain.m), Rc, domain)
         W = dist.gn_weight(r, Rc, domain)
         return dT, xp.reshape(Tc, domain.m), W
