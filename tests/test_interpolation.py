@@ -148,6 +148,24 @@ def test_spline_evaluation_matches_scipy(bk, d):
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
+def test_spline_is_zero_far_outside_and_propagates_nan(bk, d):
+    """Far-away points read the zero padding (no out-of-range gather); a NaN point gives NaN only
+    in its own value."""
+    domain = DOMAINS[d]
+    coef, x = _image(domain), _points(domain, 6)
+    far = np.full((4, d), 0.5 * (domain.lower[0] + domain.upper[0]))
+    far[0, 0], far[1, -1], far[2, 0], far[3, -1] = -1e9, 1e9, -1e300, 1e300
+    bad = x[:1].copy()
+    bad[0, -1] = np.nan
+    with np.errstate(invalid="ignore"):  # NumPy warns when it casts the NaN to an index
+        points = _to(bk, np.vstack([x, far, bad]))
+        values = bk.to_numpy(spline_interpolate(*_to(bk, coef), domain, *points))
+    assert_close(bk, values[:6], _spline_ref(coef, domain, x))
+    assert np.array_equal(values[6:10], np.zeros(4))
+    assert np.isnan(values[10])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize(
     ("regularizer", "theta"),
     [("moments", 0.0), ("moments", 2.5), ("gradient", 2.5), ("identity", 2.5)],
