@@ -1,6 +1,7 @@
 """Whole registrations, multireg (JAX, torch) side by side with SimpleITK and scikit-image.
 
     python bench/registration.py [--quick] [--repeat N] [--threads N] [--fair-data DIR] [--out PATH]
+                                 [--torch-compile]
 
 Cases (issue 3, item 6):
 
@@ -54,6 +55,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="threads for every library (default 1)")
     p.add_argument("--fair-data", default=None, help="FAIR's image folder (or MULTIREG_FAIR_DATA)")
     p.add_argument("--out", default=None, help="report path (default bench/out/registration.md)")
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="case 1 also with TorchBackend(compile=True) (torch.compile; about 2 min to compile)",
+    )
     return p.parse_args(argv)
 
 
@@ -304,6 +310,7 @@ class Case:
 
 def multireg_rows(case, backends, label, **options):
     for bk in backends:
+        name = bk if isinstance(bk, str) else "torch-compile"
         cold, warm, out = case.time(
             lambda bk=bk: register(case.T, case.R, case.domain.omega, backend=bk, **options)
         )
@@ -318,7 +325,7 @@ def multireg_rows(case, backends, label, **options):
         )
         note = "" if out.det_min is None else f"own det_min {out.det_min:.3g}"
         affine = out.transform != "nonparametric"
-        case.add(label, bk, cold, warm, its, y, out.status.value, note, w if affine else None)
+        case.add(label, name, cold, warm, its, y, out.status.value, note, w if affine else None)
 
 
 def sitk_rows(case, sitk, only_reference=False):
@@ -443,7 +450,15 @@ def targets(rows):
     if jax and torch:
         ratio = torch["warm"] / jax["warm"]
         verdict = "met" if ratio <= 2 else "NOT met"
-        lines.append(f"- case 1, torch within 2× of JAX: {verdict} ({ratio:.2f}×)")
+        lines.append(f"- case 1, torch (eager) within 2× of JAX: {verdict} ({ratio:.2f}×)")
+    compiled = by_key.get((case1, "multireg affine MLPIR", "torch-compile"))
+    if jax and compiled:
+        ratio = compiled["warm"] / jax["warm"]
+        verdict = "met" if ratio <= 2 else "NOT met"
+        lines.append(
+            f"- case 1, torch.compile within 2× of JAX: {verdict} ({ratio:.2f}×; cold "
+            f"{fmt_time(compiled['cold'])} vs JAX {fmt_time(jax['cold'])})"
+        )
     for r in rows:
         if r["method"] in ("multireg elastic MLIR", "multireg curvature MLIR"):
             verdict = "met" if r["warm"] < 10 else "NOT met"
@@ -489,8 +504,13 @@ def main(args):
 
     print("case 1: affine MLPIR", flush=True)
     c1 = Case(f"1 {tag} affine", *pairs["affine"], repeat)
+    case1_backends = list(backends)
+    if args.torch_compile:
+        from multireg_torch import TorchBackend
+
+        case1_backends.append(TorchBackend(compile=True))
     multireg_rows(
-        c1, backends, "multireg affine MLPIR", transform="affine", theta=0.1, levels=(3, 7)
+        c1, case1_backends, "multireg affine MLPIR", transform="affine", theta=0.1, levels=(3, 7)
     )
     sitk_rows(c1, sitk)
 

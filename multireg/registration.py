@@ -385,15 +385,25 @@ def _parametric_objective(bk, kernels, data, n_params) -> Objective:
 
 def _level_data(bk, model, level):
     """Template coefficients, the reference sampled at cell centres, and the grid (FAIR)."""
-    xp = bk.xp
-    d = level.domain
     T, R = level.images
-    x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
-    coef = model.coefficients(T)
-    Rc = R
-    if model.kind == "spline" and model.theta != 0:  # FAIR smooths R with the same theta
-        Rc = xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
-    return coef, Rc, x
+    return _level_kernel(bk, model, level.domain)(T, R)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_kernel(bk, model, d):
+    """One compiled function per level: eagerly, JAX would compile every small operation of the
+    spline evaluation and coefficient solve separately (seconds per level)."""
+    xp = bk.xp
+
+    def level_data(T, R):
+        x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
+        coef = model.coefficients(T)
+        Rc = R
+        if model.kind == "spline" and model.theta != 0:  # FAIR smooths R with the same theta
+            Rc = xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
+        return coef, Rc, x
+
+    return bk.jit(level_data)
 
 
 def _solve(method, objective, x0, options, x_stop, j_stop, callback):
