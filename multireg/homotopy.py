@@ -73,7 +73,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +217,7 @@ def homotopy(
     target_iterations: int = 6,
     min_step: float = 1e-2,
     max_steps: int = 1000,
+    callback: Callable[[float, float, int], Any] | None = None,
 ) -> HomotopyResult:
     """Register T to R by following the minimiser w*(θ) from large θ to small θ.
 
@@ -253,6 +254,9 @@ def homotopy(
     backend, dtype
         Backend (name or object; default: inferred from the arrays, else the active one) and
         ``"float64"`` (default) or ``"float32"``.
+    callback
+        Called as ``callback(theta, J, corrector_iterations)`` at every accepted point of the
+        path (a progress bar, a log).
 
     Non-convergence is reported in the result (``status``, each point's ``status``), not raised.
     """
@@ -284,6 +288,8 @@ def homotopy(
     target_iterations = _count("target_iterations", target_iterations, 1)
     min_step = _checks.positive("min_step", min_step)
     max_steps = _count("max_steps", max_steps, 1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, not {type(callback).__name__}")
 
     bk = resolve_backend(backend, T, R, w0)
     if not bk.differentiable:
@@ -314,6 +320,7 @@ def homotopy(
         hessian=hessian,
         tol=tol,
         max_iter=max_corrector_iter,
+        callback=callback,
     )
     if step == "fixed" or len(schedule) == 1:
         points, trials, rejected, status, message = _follow_fixed(
@@ -530,7 +537,14 @@ class _Tracer:
     hessian: str
     tol: float
     max_iter: int
+    callback: Any = None
     timings: dict = field(default_factory=lambda: {"corrector": 0.0, "predictor": 0.0})
+
+    def accepted(self, points: list) -> None:
+        """Report the newest point on the path to the user's callback (θ, J, iterations)."""
+        if self.callback is not None:
+            pt = points[-1]
+            self.callback(pt["theta"], pt["result"].fun, pt["result"].iterations)
 
     def theta(self, value: float) -> Any:
         return self.bk.asarray(
@@ -685,6 +699,7 @@ def _point(theta, result, data, error, rejected=0, jump=False) -> dict:
 def _follow_fixed(tracer: _Tracer, w: Any, schedule: list[float], predictor: str):
     result, data = tracer.correct(w, schedule[0])
     points = [_point(schedule[0], result, data, math.nan)]
+    tracer.accepted(points)
     trials = result.iterations
     for theta in schedule[1:]:
         ds = math.log(theta) - math.log(points[-1]["theta"])
@@ -692,6 +707,7 @@ def _follow_fixed(tracer: _Tracer, w: Any, schedule: list[float], predictor: str
         result, data = tracer.correct(w_pred, theta)
         trials += result.iterations
         points.append(_point(theta, result, data, tracer.error(w_pred, result.x)))
+        tracer.accepted(points)
     return points, trials, 0, Status.CONVERGED, f"followed {len(schedule)} scales"
 
 
@@ -710,6 +726,7 @@ def _follow_adaptive(
     first_step = math.log(schedule[1]) - math.log(schedule[0])  # negative: θ decreases
     result, data = tracer.correct(w, schedule[0])
     points = [_point(schedule[0], result, data, math.nan)]
+    tracer.accepted(points)
     trials, rejected, total_rejected = result.iterations, 0, 0
     # a trial needing more than 2·n₀ iterations is rejected anyway (f > 2): stop it there
     trial_iter = min(tracer.max_iter, 2 * target_iterations + 1)
@@ -738,6 +755,7 @@ def _follow_adaptive(
                 ds, jump = -min_step, True
             continue
         points.append(_point(theta, result, data, error, rejected, jump))
+        tracer.accepted(points)
         if jump:
             ds, jump = first_step, False
         else:

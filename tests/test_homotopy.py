@@ -326,6 +326,22 @@ def test_an_unreachable_target_jumps_every_step():
     np.testing.assert_allclose(res.ws[-1], reference.ws[-1], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("step", ["fixed", "adaptive"])
+def test_callback_sees_every_accepted_point(step):
+    bk = _torch()
+    seen = []
+    res = _run(
+        bk,
+        theta_range=(10.0, 0.1),
+        n_steps=5,
+        step=step,
+        callback=lambda *a: seen.append(a),
+    )
+    assert [s[0] for s in seen] == list(res.thetas)
+    assert [s[2] for s in seen] == list(res.iterations)
+    np.testing.assert_allclose([s[1] for s in seen], [p.fun for p in res.path])
+
+
 def test_non_convergence_is_reported_not_raised(ad_bk):
     res = _run(ad_bk, thetas=THETAS[:3], max_corrector_iter=1, w0=[0.2, 0.1])
     assert not res.success
@@ -419,6 +435,7 @@ def test_matrix_free_path_equals_dense_path(monkeypatch):
         (dict(dtype="float16"), ValueError, "dtype must be one of"),
         (dict(backend="numpy"), ValueError, "cannot differentiate"),
         (dict(tolerance=1e-3), TypeError, "unexpected keyword"),
+        (dict(callback="print"), TypeError, "callback must be callable"),
     ],
 )
 def test_bad_input_is_rejected_naming_the_argument(options, error, match):
