@@ -1,24 +1,20 @@
-"""The ``multireg`` command line."""
+"""``python -m multireg`` and the ``multireg`` console script; see :mod:`multireg.cli`.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad input or usage, 3 the solver did not converge
+(outputs still written), 4 ``validate``: the backends disagree, 130 interrupted.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="multireg", description="Variational image registration.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the demo on built-in synthetic data")
-    demo.add_argument(
-        "--backend", action="append", help="backend to run (repeatable; default: all installed)"
-    )
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from multireg.demo import run
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``multireg`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    from multireg.cli import main as cli_main
 
-        run(args.backend)
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1894 @@
+"""The ``multireg`` command line: register, homotopy, superres, dynamics, demo, validate, bench.
+
+``multireg <command> --help`` documents every option. Inputs are read by :mod:`multireg.io`
+(NIfTI, PNG/JPEG/TIFF, ``.npy``/``.npz``, with their geometry); outputs go to a folder
+(``--out``, default ``./multireg-<command>``), are written atomically, never over an input, and
+an existing output is replaced only with ``--overwrite``. Progress bars (tqdm, when installed)
+go to stderr, one per level, θ step or outer iteration, and only when stderr is a terminal;
+``--quiet`` turns them and the summary off.
+
+Exit codes
+----------
+0
+    success.
+1
+    an unexpected error (a bug; ``--debug`` prints the traceback).
+2
+    bad input or usage: an unknown option or value, a missing, unreadable or unsupported file,
+    images whose grids do not match, NaN/Inf or constant data, an output that exists (without
+    ``--overwrite``) or that would replace an input, a backend or optional package that is
+    not installed. Usage errors exit through ``SystemExit(2)`` as argparse does; the others
+    are returned by :func:`main`.
+3
+    the solver did not converge (its status is not ``converged``); the outputs are written.
+4
+    ``validate``: the backends disagree by more than ``--rtol``.
+130
+    interrupted (Ctrl-C); outputs are written atomically, so none is left half-written.
+
+Every error is one line on stderr, ``multireg: error: <message>`` (a traceback only with
+``--debug``).
+
+Contract for cross-framework validation (:mod:`multireg.validate`)
+------------------------------------------------------------------
+The computing commands are separated from their output writing, so that one command can be run
+on several backends and the results compared:
+
+* :func:`parse_command` ``(argv) -> (name, namespace)`` parses a command line without the
+  program name (``["register", "T.png", "R.png", "--transform", "affine"]``); bad usage raises
+  :class:`UsageError` (a ``ValueError``), ``--help`` exits through ``SystemExit(0)``.
+* ``COMMANDS[name](namespace, backend) -> (result, status)`` for ``name`` in ``register``,
+  ``homotopy``, ``superres``, ``dynamics``: reads the inputs, computes on ``backend`` (a name,
+  a :class:`~multireg.Backend`, or None for ``namespace.backend``/the default), writes nothing.
+  ``result`` is a :class:`CommandResult`: a dict whose values are NumPy arrays, floats or ints
+  only (the same keys and shapes on every backend: ``objective`` and ``iterations`` always;
+  ``parameters`` and ``warped`` for register/homotopy; ``image`` and ``motions`` for superres;
+  ``displacement`` and ``det_min`` for nonparametric registration; see each ``run_<command>``),
+  with the attributes ``info`` (JSON-able settings, per-level/per-step details, timings),
+  ``raw`` (the solver's own result object) and ``inputs`` (the :class:`multireg.io.Image`
+  inputs). ``status`` is a :class:`multireg.optimize.Status`; only ``Status.CONVERGED`` is a
+  success. ``result.info["time"]`` is the wall time of the solve in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import math
+import shutil
+import sys
+import textwrap
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from multireg import io
+from multireg.optimize import Status
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_DISAGREE",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_CONVERGED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandResult",
+    "UsageError",
+    "build_parser",
+    "main",
+    "parse_command",
+    "run_dynamics",
+    "run_homotopy",
+    "run_register",
+    "run_superres",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_CONVERGED = 3
+EXIT_DISAGREE = 4
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    unexpected error (rerun with --debug for the traceback)
+  2    bad input or usage (unknown option, missing/unreadable/mismatched/NaN image,
+       existing output without --overwrite, output over an input, backend not installed)
+  3    the solver did not converge (outputs are still written)
+  4    validate: backends disagree by more than --rtol
+  130  interrupted (no output is left half-written)
+"""
+
+# Errors that mean "bad input or usage" (exit 2) rather than a bug (exit 1).
+_INPUT_ERRORS = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+)
+
+
+# Errors of the environment or the command line that also count as bad usage for commands that
+# read no input data (demo, bench).
+_ENVIRONMENT_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+)
+
+
+class UsageError(ValueError):
+    """A command line that cannot be parsed (unknown option, bad value, missing argument)."""
+
+
+class CommandResult(dict):
+    """A command's numbers (NumPy arrays, floats, ints) with ``info``, ``raw`` and ``inputs``.
+
+    ``info``: JSON-able settings and details; ``raw``: the solver's result object; ``inputs``:
+    the :class:`multireg.io.Image` objects read.
+    """
+
+    def __init__(self, values: dict, *, info: dict, raw: Any = None, inputs: tuple = ()):
+        super().__init__(values)
+        self.info = info
+        self.raw = raw
+        self.inputs = inputs
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors raised (one line, naming the command) instead of printed."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default unless it is None or a flag's False; keeps the epilog's
+    layout (descriptions are wrapped by :func:`_wrap`)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or "default" in text
+            or default is None
+            or isinstance(default, bool)
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        if isinstance(default, tuple):
+            return (
+                text
+                + " (default: "
+                + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+                + ")"
+            )
+        return text + " (default: %(default)s)"
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=min(100, shutil.get_terminal_size((100, 24)).columns - 2))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 8,8, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,2.5, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _nonnegative(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _levels(text: str) -> str | int | tuple[int, int]:
+    if text in ("auto", "1"):
+        return "auto" if text == "auto" else 1
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1 and parts[0] >= 1:
+        return parts[0]
+    if len(parts) == 2 and 0 <= parts[0] <= parts[1]:
+        return parts
+    raise argparse.ArgumentTypeError(
+        f"expected 'auto', a number of levels k >= 1, or FAIR levels lo,hi; got {text!r}"
+    )
+
+
+def _backend_names() -> list[str]:
+    from multireg._backend import _backend_classes
+
+    return sorted(_backend_classes())
+
+
+def _common(*, backend: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    if backend:
+        g.add_argument(
+            "--backend",
+            choices=_backend_names(),
+            default=None,
+            help="framework that computes and differentiates (default: $MULTIREG_BACKEND, "
+            "else the first installed of jax, torch)",
+        )
+        g.add_argument(
+            "--dtype",
+            choices=("float64", "float32"),
+            default="float64",
+            help="floating-point precision of the computation",
+        )
+        g.add_argument(
+            "--device",
+            default="cpu",
+            help="device for the arrays, as the backend names it: cpu, cuda, cuda:1, gpu",
+        )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars and no summary on stdout"
+    )
+    g.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error (for bug reports)"
+    )
+    return p
+
+
+def _outputs(*, folder: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("outputs")
+    if folder:
+        g.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="folder for the outputs (created if missing; default ./multireg-<command>)",
+        )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (an input is never overwritten)",
+    )
+    return p
+
+
+def _images() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "template",
+        type=Path,
+        metavar="TEMPLATE",
+        help="the image T that is moved (.nii, .nii.gz, .png, .jpg, .tif, .npy, .npz)",
+    )
+    p.add_argument(
+        "reference",
+        type=Path,
+        metavar="REFERENCE",
+        help="the fixed image R, on the same grid as T; the warped T is written on R's grid",
+    )
+    g = p.add_argument_group("image input")
+    g.add_argument(
+        "--spacing",
+        type=_floats,
+        default=None,
+        metavar="S1,S2[,S3]",
+        help="pixel size per axis for formats without geometry (PNG/JPEG/TIFF/.npy; "
+        "default 1: omega in pixel units). NIfTI geometry comes from its affine",
+    )
+    g.add_argument(
+        "--allow-oblique",
+        action="store_true",
+        help="accept a NIfTI whose axes are rotated/sheared against the world axes and "
+        "register it in its voxel frame (parameters are then not in world coordinates)",
+    )
+    g.add_argument(
+        "--warped",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="path of the warped template (default: DIR/warped with REFERENCE's extension); "
+        "its extension chooses the format",
+    )
+    return p
+
+
+def _module_choices(module: str, name: str, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    """A module's tuple of option names (imported lazily; ``fallback`` if it cannot be)."""
+    try:
+        return tuple(getattr(importlib.import_module(f"multireg.{module}"), name))
+    except Exception:  # a missing or broken optional module must not break the parser
+        return fallback
+
+
+def _add_distance(g) -> None:
+    g.add_argument(
+        "--distance",
+        choices=("ssd", "ncc", "ngf", "mi"),
+        default="ssd",
+        help="distance measure (mi needs --method lbfgs, trust-region or newton)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``multireg`` argument parser (every subcommand and option, with help)."""
+    import multireg
+
+    parser = _Parser(
+        prog="multireg",
+        description="Variational image registration and coupled inverse problems, on torch or "
+        "JAX. Run 'multireg <command> --help' for a command's options.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"multireg {multireg.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common, outputs = _common(), _outputs()
+
+    def sub(name, help, parents, description):
+        return commands.add_parser(
+            name,
+            help=help,
+            description=_wrap(description),
+            parents=parents,
+            epilog=EPILOG,
+            formatter_class=_Formatter,
+        )
+
+    # ---------------------------------------------------------------------------- register
+    reg = sub(
+        "register",
+        "register a template image to a reference image",
+        [_images(), common, outputs],
+        "Find y so that T(y(x)) matches R(x) (FAIR: parametric PIR, nonparametric NPIR, "
+        "multilevel). Writes DIR/warped.<ext> (T(y) on R's grid, in R's format and geometry), "
+        "DIR/result.json (parameters in FAIR's layout, settings, status, iterations, "
+        "distance, timings), DIR/displacement.npz (nonparametric) and DIR/registration.png "
+        "(--figures).",
+    )
+    g = reg.add_argument_group("model")
+    g.add_argument(
+        "--transform",
+        choices=("translation", "rigid", "affine", "bspline", "nonparametric"),
+        default="affine",
+        help="transformation model; parameters in FAIR's layout and the units of omega",
+    )
+    g.add_argument(
+        "--p",
+        type=_ints,
+        default=None,
+        metavar="P1,P2[,P3]",
+        help="control grid of --transform bspline (cells per axis)",
+    )
+    _add_distance(g)
+    g.add_argument(
+        "--image-model",
+        choices=("spline", "linear"),
+        default="spline",
+        help="continuous image model (cubic B-spline or linear interpolation)",
+    )
+    g.add_argument(
+        "--theta",
+        type=_nonnegative,
+        default=0.0,
+        help="spline smoothing weight theta (0 interpolates)",
+    )
+    g.add_argument(
+        "--regularizer",
+        choices=("elastic", "diffusive", "curvature"),
+        default="elastic",
+        help="regulariser of --transform nonparametric",
+    )
+    g.add_argument(
+        "--alpha",
+        type=_positive,
+        default=None,
+        help="regularisation weight of --transform nonparametric (required there)",
+    )
+    g.add_argument("--mu", type=_nonnegative, default=1.0, help="elastic Lamé constant mu")
+    g.add_argument("--lam", type=_nonnegative, default=0.0, help="elastic Lamé constant lambda")
+    g.add_argument(
+        "--pre-registration",
+        choices=("affine", "rigid", "translation", "none"),
+        default="affine",
+        help="parametric pre-registration of --transform nonparametric on the coarsest level",
+    )
+    g = reg.add_argument_group("solver")
+    g.add_argument(
+        "--levels",
+        type=_levels,
+        default="auto",
+        metavar="auto|K|LO,HI",
+        help="multilevel: 'auto' (up to 3 levels, coarsest at least 8 cells per axis), the K "
+        "finest levels, or FAIR's level numbers LO,HI",
+    )
+    g.add_argument(
+        "--method",
+        choices=("gauss-newton", "newton", "trust-region", "lbfgs"),
+        default="gauss-newton",
+        help="optimiser (nonparametric: gauss-newton or lbfgs)",
+    )
+    g.add_argument("--max-iter", type=_count, default=10, help="iterations per level")
+    g.add_argument(
+        "--tol-j", type=_nonnegative, default=1e-3, help="relative change of J (FAIR's tolJ)"
+    )
+    g.add_argument(
+        "--tol-y", type=_nonnegative, default=1e-2, help="relative change of y (FAIR's tolY)"
+    )
+    g.add_argument(
+        "--tol-g", type=_nonnegative, default=1e-2, help="relative gradient norm (FAIR's tolG)"
+    )
+    g = reg.add_argument_group("figures")
+    g.add_argument(
+        "--figures",
+        action="store_true",
+        help="also write DIR/registration.png (needs matplotlib: pip install 'multireg[plot]')",
+    )
+
+    # ---------------------------------------------------------------------------- homotopy
+    hom = sub(
+        "homotopy",
+        "register by following the minimiser from smooth images to sharp ones",
+        [_images(), common, outputs],
+        "Parametric registration by homotopy in the spline scale theta: predictor (exact "
+        "dw/dtheta by automatic differentiation) and Newton corrector from theta = HI down to "
+        "LO. Writes DIR/warped.<ext>, DIR/result.json (the path: theta, parameters, J, "
+        "iterations per step).",
+    )
+    g = hom.add_argument_group("model")
+    g.add_argument(
+        "--transform",
+        choices=("translation", "rigid", "affine", "bspline"),
+        default="affine",
+        help="transformation model (FAIR's parameter layout)",
+    )
+    g.add_argument(
+        "--p",
+        type=_ints,
+        default=None,
+        metavar="P1,P2[,P3]",
+        help="control grid of --transform bspline",
+    )
+    _add_distance(g)
+    g = hom.add_argument_group("path")
+    g.add_argument(
+        "--theta-range",
+        type=_floats,
+        default=(1e3, 1e-3),
+        metavar="HI,LO",
+        help="first and last theta (decreasing, geometric steps)",
+    )
+    g.add_argument("--n-steps", type=_count, default=40, help="number of theta values")
+    g.add_argument(
+        "--thetas",
+        type=_floats,
+        default=None,
+        metavar="T1,T2,...",
+        help="explicit decreasing theta values (replace --theta-range and --n-steps)",
+    )
+    g.add_argument(
+        "--predictor",
+        choices=("tangent", "secant", "none"),
+        default="tangent",
+        help="predictor (none: plain multiscale continuation)",
+    )
+    g.add_argument(
+        "--hessian",
+        choices=("exact", "gauss-newton"),
+        default="exact",
+        help="Hessian of the tangent predictor",
+    )
+    g.add_argument(
+        "--corrector",
+        choices=("newton", "trust-region", "gauss-newton"),
+        default="newton",
+        help="corrector at each theta",
+    )
+    g.add_argument(
+        "--step",
+        choices=("fixed", "adaptive"),
+        default="fixed",
+        help="fixed schedule or adaptive steps in log theta",
+    )
+    g.add_argument(
+        "--tol", type=_positive, default=1e-9, help="corrector's relative gradient tolerance"
+    )
+    g.add_argument(
+        "--max-corrector-iter", type=_count, default=50, help="corrector iterations per theta"
+    )
+    hom.add_argument(
+        "--figures",
+        action="store_true",
+        help="also write DIR/homotopy.png, the path in theta (needs matplotlib)",
+    )
+
+    # ---------------------------------------------------------------------------- superres
+    sr = sub(
+        "superres",
+        "reconstruct a high-resolution image and the motions from low-resolution frames",
+        [common, outputs],
+        "Super-resolution with unknown rigid/affine motion (separable least squares: VarPro "
+        "or block coordinate descent). FRAMES: .npy (N, m1, m2), .npz (entry 'frames', "
+        "optional 'omega') or NIfTI (m1, m2, N). Without stored geometry omega is centred at "
+        "0 in coarse pixels (rotations turn about the image centre). Writes "
+        "DIR/reconstruction.npz (image, motions, omega) and, for NIfTI frames, "
+        "DIR/reconstruction.nii.gz, plus DIR/result.json.",
+    )
+    sr.add_argument(
+        "frames", type=Path, nargs="?", default=None, metavar="FRAMES", help="the frames file"
+    )
+    g = sr.add_argument_group("problem")
+    g.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="use a built-in synthetic problem with known truth instead of FRAMES",
+    )
+    g.add_argument(
+        "--m-fine",
+        type=_ints,
+        default=None,
+        metavar="M1,M2",
+        help="cells of the reconstruction (default: twice the frames' size)",
+    )
+    g.add_argument(
+        "--m-coarse",
+        type=_ints,
+        default=(16, 16),
+        metavar="M1,M2",
+        help="--synthetic: cells of each frame",
+    )
+    g.add_argument("--n-frames", type=_count, default=8, help="--synthetic: number of frames")
+    g.add_argument("--seed", type=_count, default=0, help="--synthetic: random seed")
+    g.add_argument("--motion", choices=("rigid", "affine"), default="rigid", help="motion model")
+    g.add_argument(
+        "--downsample",
+        choices=("average", "point"),
+        default="average",
+        help="frame formation: cell averages or point samples",
+    )
+    g.add_argument("--alpha", type=_nonnegative, default=1e-2, help="regularisation weight")
+    g.add_argument(
+        "--regularizer",
+        choices=("gradient", "identity"),
+        default="gradient",
+        help="regulariser of the image",
+    )
+    g = sr.add_argument_group("solver")
+    g.add_argument(
+        "--method",
+        choices=_module_choices("superres", "METHODS", ("varpro", "bcd")),
+        default="varpro",
+        help="separable solver",
+    )
+    g.add_argument(
+        "--jacobian",
+        choices=_module_choices(
+            "separable", "JACOBIANS", ("implicit", "unrolled", "kaufman", "partial")
+        ),
+        default="implicit",
+        help="VarPro's reduced Jacobian",
+    )
+    g.add_argument("--max-iter", type=_count, default=20, help="outer iterations")
+    g.add_argument("--tol-j", type=_nonnegative, default=1e-6, help="relative change of J")
+    g.add_argument("--tol-y", type=_nonnegative, default=1e-4, help="relative change of w")
+    g.add_argument("--tol-g", type=_nonnegative, default=1e-4, help="relative gradient norm")
+    sr.add_argument(
+        "--figures",
+        action="store_true",
+        help="also write DIR/superres.png: a frame, the initial and final reconstructions "
+        "(needs matplotlib)",
+    )
+
+    # ---------------------------------------------------------------------------- dynamics
+    dy = sub(
+        "dynamics",
+        "register a sequence whose intensities change (e.g. contrast agent)",
+        [common, outputs],
+        "Motion-corrected dynamic imaging (multireg.dynamics.solve): motions and a linear "
+        "intensity model, jointly (separable least squares). FRAMES: .npy (N, m1, m2), .npz "
+        "(entries 'frames', optional 'omega' and 'times') or NIfTI (m1, m2, N). The regions "
+        "model needs --masks; the basis model does not. Writes DIR/dynamics.npz (motions, "
+        "registered frames, model images, curves), DIR/result.json and, with --figures, "
+        "DIR/curves.png.",
+    )
+    dy.add_argument(
+        "frames", type=Path, nargs="?", default=None, metavar="FRAMES", help="the frames file"
+    )
+    g = dy.add_argument_group("problem")
+    g.add_argument(
+        "--phantom",
+        action="store_true",
+        help="use the built-in synthetic kidney DCE phantom (with its truth) instead of FRAMES",
+    )
+    g.add_argument(
+        "--phantom-m",
+        type=_ints,
+        default=(48, 48),
+        metavar="M1,M2",
+        help="--phantom: cells per axis",
+    )
+    g.add_argument("--n-frames", type=_count, default=10, help="--phantom: number of frames")
+    g.add_argument(
+        "--noise", type=_nonnegative, default=0.01, help="--phantom: relative noise level"
+    )
+    g.add_argument("--seed", type=_count, default=0, help="--phantom: random seed")
+    g.add_argument(
+        "--times",
+        type=_floats,
+        default=None,
+        metavar="T1,T2,...",
+        help="acquisition time of each frame (default: the 'times' entry of an .npz)",
+    )
+    g.add_argument(
+        "--masks",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="region masks for --model regions: .npz (name -> (m1, m2) array) or .npy (R, m1, m2)",
+    )
+    g.add_argument(
+        "--spacing",
+        type=_floats,
+        default=None,
+        metavar="S1,S2",
+        help="pixel size per axis for .npy/.npz frames without omega",
+    )
+    g.add_argument(
+        "--motion",
+        choices=("affine", "rigid", "nonparametric"),
+        default="affine",
+        help="motion model (nonparametric: B-spline on a --p control grid)",
+    )
+    g.add_argument(
+        "--p",
+        type=_ints,
+        default=None,
+        metavar="P1,P2",
+        help="control grid of --motion nonparametric (default: the solver's)",
+    )
+    g.add_argument(
+        "--model",
+        choices=("regions", "basis"),
+        default=None,
+        help="intensity model (default: regions with --masks or --phantom, else basis)",
+    )
+    g.add_argument(
+        "--alpha",
+        type=_nonnegative,
+        default=None,
+        help="weight of the model's regulariser (default: the solver's)",
+    )
+    g.add_argument(
+        "--n-basis", type=_count, default=None, help="--model basis: number of basis functions"
+    )
+    g = dy.add_argument_group("solver")
+    g.add_argument(
+        "--method",
+        choices=_module_choices("dynamics", "METHODS", ("varpro", "bcd", "lap")),
+        default="varpro",
+        help="separable solver",
+    )
+    g.add_argument("--max-iter", type=_count, default=20, help="outer iterations")
+    g.add_argument(
+        "--init",
+        choices=("preregister", "identity"),
+        default="preregister",
+        help="starting motions: each frame registered to frame 0 (affine/rigid), or the identity",
+    )
+    g.add_argument(
+        "--figures",
+        action="store_true",
+        help="also write DIR/curves.png, the recovered time curves (needs matplotlib)",
+    )
+
+    # ---------------------------------------------------------------------------- demo
+    demo = sub(
+        "demo",
+        "run every capability on built-in synthetic data and write figures",
+        [_common(backend=False)],
+        "The demo: registration, homotopy, super-resolution and dynamics on synthetic data, "
+        "on every installed backend, with figures written to a folder it names.",
+    )
+    demo.add_argument(
+        "--backend",
+        action="append",
+        choices=_backend_names(),
+        help="backend to run (repeatable; default: all installed)",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder for the figures (default: a new multireg-demo-<time> folder)",
+    )
+    demo.add_argument(
+        "--overwrite", action="store_true", help="reuse a folder that holds an earlier demo"
+    )
+    demo.add_argument(
+        "--small", action="store_true", help="smaller problems (seconds instead of a minute)"
+    )
+
+    # ---------------------------------------------------------------------------- validate
+    val = sub(
+        "validate",
+        "run one command on every installed backend and compare the results",
+        [_common(backend=False)],
+        "Cross-framework validation: run COMMAND ARGS on each backend, print a table of the "
+        "agreement (max relative difference of parameters, images, objective; iteration "
+        "counts) and the time per backend. Exit 4 if the agreement is worse than --rtol. "
+        "--rtol, --backends and --report may come before or after COMMAND.",
+    )
+    val.add_argument(
+        "--rtol", type=_positive, default=1e-6, help="tolerance on the relative differences"
+    )
+    val.add_argument(
+        "--backends",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        default=None,
+        metavar="B1,B2",
+        help="backends to compare (default: every installed differentiable backend)",
+    )
+    val.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the table as Markdown to FILE",
+    )
+    val.add_argument(
+        "validated",
+        choices=tuple(COMMANDS),
+        metavar="COMMAND",
+        help=f"the command to validate: {', '.join(COMMANDS)}",
+    )
+    val.add_argument(
+        "args", nargs=argparse.REMAINDER, metavar="ARGS", help="the command's arguments"
+    )
+
+    # ---------------------------------------------------------------------------- bench
+    bench = sub(
+        "bench",
+        "run the benchmarks and write one Markdown report",
+        [_common(backend=False), _outputs(folder=False)],
+        "Run the bench/ scripts (backends and peers side by side) and write their tables "
+        "into one Markdown report.",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="small sizes and few repeats (minutes, not hours)"
+    )
+    bench.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the report's path (default: chosen by multireg.report)",
+    )
+    bench.add_argument(
+        "--no-run",
+        action="store_true",
+        help="run nothing: assemble the tables the scripts wrote last time",
+    )
+    bench.add_argument(
+        "--timeout",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="time limit per bench script (default: none)",
+    )
+    bench.add_argument(
+        "--scripts",
+        type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+        default=None,
+        metavar="S1,S2",
+        help="only these bench scripts (default: all)",
+    )
+    return parser
+
+
+_SUBCOMMANDS = ("register", "homotopy", "superres", "dynamics", "demo", "validate", "bench")
+_VALIDATE_OPTIONS = ("--rtol", "--backends", "--report")
+
+
+def _hoist_validate_options(argv: list[str]) -> list[str]:
+    """Move validate's own options from after COMMAND to before it (they may go anywhere)."""
+    head, rest = argv[:1], argv[1:]
+    options: list[str] = []
+    i, remaining = 0, []
+    while i < len(rest):
+        token = rest[i]
+        name = token.split("=", 1)[0]
+        if name in _VALIDATE_OPTIONS:
+            if "=" in token:
+                options.append(token)
+                i += 1
+            else:
+                options.extend(rest[i : i + 2])
+                i += 2
+            continue
+        remaining.append(token)
+        i += 1
+    return head + options + remaining
+
+
+def parse_command(argv: Sequence[str]) -> tuple[str, argparse.Namespace]:
+    """Parse ``argv`` (without the program name) into ``(command name, namespace)``.
+
+    Raises :class:`UsageError` on bad usage; ``--help`` and ``--version`` exit (SystemExit 0).
+    """
+    argv = [str(a) for a in argv]
+    if argv and argv[0] == "validate":
+        argv = _hoist_validate_options(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        if argv and argv[0] in _SUBCOMMANDS and "'multireg --help'" in str(err):
+            raise UsageError(
+                str(err).replace("'multireg --help'", f"'multireg {argv[0]} --help'")
+            ) from None
+        raise
+    if args.command == "validate" and not args.args:
+        raise UsageError(f"validate {args.validated}: give the command's arguments")
+    return args.command, args
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _backend(backend: Any, args: argparse.Namespace):
+    """The differentiable backend to compute on (explicit > ``--backend`` > default)."""
+    import multireg
+
+    bk = multireg.get_backend(backend if backend is not None else args.backend)
+    if not bk.differentiable:
+        raise ValueError(
+            f"backend {bk.name!r} cannot differentiate; use --backend torch or --backend jax"
+        )
+    return bk
+
+
+def _device(bk, name: str | None):
+    """The backend's device object named ``name`` (cpu, cuda, cuda:1, gpu), from the array
+    API's inspection namespace (``__array_namespace_info__().devices()``)."""
+    if name is None:
+        return None
+    with warnings.catch_warnings():  # torch warns while probing its device types
+        warnings.simplefilter("ignore")
+        devices = [d for d in bk.xp.__array_namespace_info__().devices() if d is not None]
+    wanted = name.strip().lower().replace("gpu", "cuda")
+    for d in devices:
+        label = str(d).lower().replace("gpu", "cuda")
+        if label == wanted or (":" not in wanted and label.split(":")[0] == wanted):
+            return d
+    available = ", ".join(dict.fromkeys(str(d) for d in devices))
+    raise ValueError(
+        f"--device {name!r} is not available to the {bk.name} backend (available: {available})"
+    )
+
+
+def _to_backend(bk, data: np.ndarray, args, device):
+    return bk.asarray(data, dtype=args.dtype, device=device)
+
+
+def _host(bk, x) -> np.ndarray:
+    return np.asarray(bk.to_numpy(x), dtype=np.float64)
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class _Progress:
+    """tqdm bars on stderr, one per (stage, level) or per run; off when quiet or not a TTY."""
+
+    def __init__(self, quiet: bool, total: int | None = None, unit: str = "it"):
+        self.enabled = not quiet
+        self.total, self.unit = total, unit
+        self.bar, self.key = None, None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self.enabled = False
+            tqdm = None
+        self._tqdm = tqdm
+
+    def _open(self, key, desc: str, total: int | None) -> None:
+        if self.key == key and self.bar is not None:
+            return
+        self.close()
+        self.key = key
+        self.bar = self._tqdm(
+            total=total, desc=desc, unit=self.unit, file=sys.stderr, disable=None, leave=True
+        )
+
+    def registration(self, stage, domain, record) -> None:
+        if not self.enabled:
+            return
+        m = "x".join(str(v) for v in domain.m)
+        self._open((stage, domain.m), f"{stage} {m}", self.total)
+        self.bar.n = min(int(record.iteration), self.total or int(record.iteration))
+        self.bar.set_postfix_str(f"J={record.fun:.4g}", refresh=True)
+
+    def step(self, desc: str, record: Any = None) -> None:
+        if not self.enabled:
+            return
+        self._open("run", desc, self.total)
+        self.bar.update(1)
+        fun = getattr(record, "fun", None)
+        if fun is not None:
+            self.bar.set_postfix_str(f"J={float(fun):.4g}", refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.key = None, None
+
+
+class _Fun:
+    def __init__(self, fun: float):
+        self.fun = fun
+
+
+def _record_of(args: tuple) -> Any:
+    """An object with ``fun`` from a callback's arguments, if they hold one."""
+    if args and hasattr(args[0], "fun"):
+        return args[0]
+    if len(args) >= 2 and isinstance(args[1], (int, float)):
+        return _Fun(float(args[1]))
+    return None
+
+
+def _read_pair(args):
+    kwargs = dict(spacing=args.spacing, allow_oblique=args.allow_oblique)
+    T = io.read_image(args.template, **kwargs)
+    R = io.read_image(args.reference, **kwargs)
+    if T.m != R.m:
+        raise ValueError(
+            f"template {T.path} has shape {T.m} but reference {R.path} has shape {R.m}; "
+            "register images on the same grid (resample one first)"
+        )
+    scale = max(abs(v) for v in (*T.omega, *R.omega, *R.domain.extent))
+    if not np.allclose(T.omega, R.omega, rtol=0, atol=1e-6 * scale):
+        raise ValueError(
+            f"template {T.path} covers omega {_fmt(T.omega)} but reference {R.path} covers "
+            f"{_fmt(R.omega)}; their grids must coincide (resample one onto the other)"
+        )
+    return T, R
+
+
+def _units(image: io.Image) -> str:
+    """The units of omega, hence of translation parameters."""
+    if image.frame in ("voxel", "world"):
+        return f"{image.frame} frame (mm)" if image.frame == "voxel" else "world (mm)"
+    if image.frame == "stored":
+        return "units of the stored omega"
+    return "pixels" if all(h == 1.0 for h in image.spacing) else "units of --spacing"
+
+
+def _fmt(values, digits: int = 6) -> str:
+    return "(" + ", ".join(f"{float(v):.{digits}g}" for v in values) + ")"
+
+
+def _auto_levels(omega, m) -> int:
+    from multireg.grid import Domain, pyramid_domains
+
+    domains = pyramid_domains(Domain(omega, m), min_size=1)
+    return max(1, min(3, sum(min(d.m) >= 8 for d in domains)))
+
+
+_LAYOUTS = {
+    "translation": "FAIR translation: y = x + (w1, w2[, w3])",
+    "rigid": "FAIR rigid: 2D [phi, t1, t2] (rotation about the origin, then translation); "
+    "3D [phi1, phi2, phi3, t1, t2, t3], R = R3 R2 R1",
+    "affine": "FAIR affine: y1 = w1 x1 + w2 x2 + w3, y2 = w4 x1 + w5 x2 + w6 "
+    "(3D: rows [A(k,:) b_k])",
+    "bspline": "FAIR B-spline: coefficient blocks per component, Fortran order",
+}
+
+
+def _fair_parameters(trafo, w, bk) -> np.ndarray:
+    if hasattr(trafo, "to_fair"):  # B-spline: C-order blocks to FAIR's Fortran order
+        w = trafo.to_fair(w)
+    return _host(bk, w)
+
+
+def _status_of(*statuses: Status) -> Status:
+    for s in statuses:
+        if s is not Status.CONVERGED:
+            return s
+    return Status.CONVERGED
+
+
+def _settings(args, keys: Sequence[str]) -> dict:
+    return {k: io.to_jsonable(getattr(args, k)) for k in keys if hasattr(args, k)}
+
+
+# ------------------------------------------------------------------------------- commands
+
+
+_REGISTER_SETTINGS = (
+    "transform", "p", "distance", "image_model", "theta", "regularizer", "alpha", "mu", "lam",
+    "pre_registration", "levels", "method", "max_iter", "tol_j", "tol_y", "tol_g", "spacing",
+    "allow_oblique",
+)  # fmt: skip
+
+
+_NONPARAMETRIC_ONLY = ("regularizer", "alpha", "mu", "lam", "pre_registration")
+_PARAMETRIC_SETTINGS = tuple(k for k in _REGISTER_SETTINGS if k not in _NONPARAMETRIC_ONLY)
+
+
+def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[CommandResult, Status]:
+    """``multireg register``: read T and R, register, return the numbers (writes nothing).
+
+    Keys: ``parameters`` (FAIR layout; for nonparametric the pre-registration's, absent
+    without one), ``warped`` (T(y) on R's grid, shape m), ``objective`` (final distance),
+    ``reduction``, ``iterations`` (total over levels); nonparametric also ``displacement``
+    (y − x at the cell centres, shape (*m, d)) and ``det_min``.
+    """
+    import multireg
+
+    nonparametric = args.transform == "nonparametric"
+    if nonparametric and args.alpha is None:
+        raise ValueError("--transform nonparametric needs --alpha (the regularisation weight)")
+    if not nonparametric and args.alpha is not None:
+        raise ValueError("--alpha applies to --transform nonparametric only")
+    if args.p is not None and args.transform != "bspline":
+        raise ValueError("--p applies to --transform bspline only")
+    T, R = _read_pair(args)
+    bk = _backend(backend, args)
+    device = _device(bk, args.device)
+    levels = args.levels
+    if levels == "auto":
+        levels = _auto_levels(R.omega, R.m)
+    elif levels == 1:
+        levels = None
+    options = dict(
+        transform=args.transform,
+        distance=args.distance,
+        image_model=args.image_model,
+        theta=args.theta,
+        levels=levels,
+        method=args.method,
+        backend=bk,
+        dtype=args.dtype,
+        max_iter=args.max_iter,
+        tol_j=args.tol_j,
+        tol_y=args.tol_y,
+        tol_g=args.tol_g,
+    )
+    if args.p is not None:
+        options["p"] = tuple(args.p)
+    if nonparametric:
+        options.update(
+            regularizer=args.regularizer,
+            alpha=args.alpha,
+            mu=args.mu,
+            lam=args.lam,
+            pre_registration=None if args.pre_registration == "none" else args.pre_registration,
+        )
+    Tb = _to_backend(bk, T.data, args, device)
+    Rb = _to_backend(bk, R.data, args, device)
+    progress = _Progress(args.quiet, total=args.max_iter)
+    started = time.perf_counter()
+    try:
+        res = multireg.register(Tb, Rb, R.omega, callback=progress.registration, **options)
+        bk.sync(res.warped)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - started
+
+    values: dict = {}
+    if res.w is not None:
+        trafo = res.transform if not nonparametric else None
+        values["parameters"] = (
+            _fair_parameters(trafo, res.w, bk) if trafo is not None else _host(bk, res.w)
+        )
+    values["warped"] = _host(bk, res.warped)
+    values["objective"] = float(res.distance)
+    values["reduction"] = float(res.reduction)
+    values["iterations"] = int(sum(res.iterations))
+    if nonparametric:
+        y = _host(bk, res.y)
+        x = R.domain.cell_centers()
+        values["displacement"] = (y - x).reshape(*R.m, R.dim)
+        values["det_min"] = float(res.det_min)
+    info = {
+        "command": "register",
+        "multireg": multireg.__version__,
+        "status": res.status.value,
+        "converged": res.status is Status.CONVERGED,
+        "backend": bk.name,
+        "dtype": args.dtype,
+        "device": str(device) if device is not None else None,
+        "settings": {
+            **_settings(args, _REGISTER_SETTINGS if nonparametric else _PARAMETRIC_SETTINGS),
+            "levels_used": levels,
+        },
+        "template": T.describe(),
+        "reference": R.describe(),
+        "omega": list(R.omega),
+        "m": list(R.m),
+        "parameters_layout": (
+            _LAYOUTS.get(args.transform)
+            if not nonparametric
+            else (_LAYOUTS.get(args.pre_registration) if res.w is not None else None)
+        ),
+        "parameters_units": _units(R),
+        "levels": [
+            {
+                "stage": lv.stage,
+                "level": lv.level,
+                "m": list(lv.domain.m),
+                "iterations": lv.result.iterations,
+                "status": lv.result.status.value,
+                "message": lv.result.message,
+                "distance": lv.distance,
+            }
+            for lv in res.levels
+        ],
+        "iterations": values["iterations"],
+        "distance": values["objective"],
+        "reduction": values["reduction"],
+        "det_min": values.get("det_min"),
+        "parameters": values.get("parameters"),
+        "time": elapsed,
+        "timings": dict(res.timings),
+    }
+    return CommandResult(values, info=info, raw=res, inputs=(T, R)), res.status
+
+
+_HOMOTOPY_SETTINGS = (
+    "transform", "p", "distance", "theta_range", "n_steps", "thetas", "predictor", "hessian",
+    "corrector", "step", "tol", "max_corrector_iter", "spacing", "allow_oblique",
+)  # fmt: skip
+
+
+def run_homotopy(args: argparse.Namespace, backend: Any = None) -> tuple[CommandResult, Status]:
+    """``multireg homotopy``: follow the minimiser in θ (writes nothing).
+
+    Keys: ``parameters`` (FAIR layout, at the last θ), ``warped``, ``objective`` (J at the last
+    θ), ``iterations`` (corrector iterations, rejected trials included), ``theta`` (the last θ).
+    """
+    import multireg
+
+    T, R = _read_pair(args)
+    bk = _backend(backend, args)
+    device = _device(bk, args.device)
+    if args.p is not None and args.transform != "bspline":
+        raise ValueError("--p applies to --transform bspline only")
+    options: dict = dict(
+        transform=args.transform,
+        distance=args.distance,
+        predictor=args.predictor,
+        hessian=args.hessian,
+        corrector=args.corrector,
+        step=args.step,
+        tol=args.tol,
+        max_corrector_iter=args.max_corrector_iter,
+        backend=bk,
+        dtype=args.dtype,
+    )
+    if args.p is not None:
+        options["p"] = tuple(args.p)
+    if args.thetas is not None:
+        options["thetas"] = list(args.thetas)
+        n_thetas = len(args.thetas)
+    else:
+        if len(args.theta_range) != 2:
+            raise ValueError(f"--theta-range needs two values HI,LO, got {args.theta_range}")
+        options["theta_range"] = tuple(args.theta_range)
+        options["n_steps"] = args.n_steps
+        n_thetas = args.n_steps
+    progress = _Progress(args.quiet, total=n_thetas if args.step == "fixed" else None, unit="θ")
+    if _accepts(multireg.homotopy, "callback"):
+        # callback(theta, J, iterations) or callback(point): one step of the bar per θ
+        options["callback"] = lambda *a, **k: progress.step("homotopy", _record_of(a))
+    elif not args.quiet:
+        print(f"homotopy: following {n_thetas} theta values ...", file=sys.stderr)
+    Tb = _to_backend(bk, T.data, args, device)
+    Rb = _to_backend(bk, R.data, args, device)
+    started = time.perf_counter()
+    try:
+        res = multireg.homotopy(Tb, Rb, R.omega, **options)
+        bk.sync(res.warped)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - started
+    status = res.status
+    if status is Status.CONVERGED and not res.success:
+        status = _status_of(*(p.status for p in res.path))
+    values = {
+        "parameters": _fair_parameters(res.transform, res.w, bk),
+        "warped": _host(bk, res.warped),
+        "objective": float(res.distance),
+        "theta": float(res.theta),
+        "iterations": int(res.corrector_iterations),
+    }
+    info = {
+        "command": "homotopy",
+        "multireg": multireg.__version__,
+        "status": status.value,
+        "converged": status is Status.CONVERGED,
+        "message": res.message,
+        "backend": bk.name,
+        "dtype": args.dtype,
+        "device": str(device) if device is not None else None,
+        "settings": _settings(args, _HOMOTOPY_SETTINGS),
+        "template": T.describe(),
+        "reference": R.describe(),
+        "omega": list(R.omega),
+        "m": list(R.m),
+        "parameters_layout": _LAYOUTS.get(args.transform),
+        "parameters": values["parameters"],
+        "distance": values["objective"],
+        "theta": values["theta"],
+        "iterations": values["iterations"],
+        "rejected": int(res.rejected),
+        "path": {
+            "theta": res.thetas,
+            "w": res.ws,
+            "J": res.funs,
+            "grad_norm": res.grad_norms,
+            "iterations": res.iterations,
+            "predictor_error": res.predictor_errors,
+            "status": [p.status.value for p in res.path],
+            "jump": [bool(p.jump) for p in res.path],
+        },
+        "time": elapsed,
+        "timings": dict(res.timings),
+    }
+    return CommandResult(values, info=info, raw=res, inputs=(T, R)), status
+
+
+def _centred(omega) -> tuple[float, ...]:
+    """``omega`` shifted so that its centre is the origin."""
+    return tuple(v for a, b in zip(omega[0::2], omega[1::2]) for v in (-(b - a) / 2, (b - a) / 2))
+
+
+_SUPERRES_SETTINGS = (
+    "synthetic", "m_fine", "m_coarse", "n_frames", "seed", "motion", "downsample", "alpha",
+    "regularizer", "method", "jacobian", "max_iter", "tol_j", "tol_y", "tol_g",
+)  # fmt: skip
+
+
+def run_superres(args: argparse.Namespace, backend: Any = None) -> tuple[CommandResult, Status]:
+    """``multireg superres``: reconstruct image and motions from frames (writes nothing).
+
+    Keys: ``image`` (shape m_fine), ``motions`` ((N, p), row 0 the identity), ``objective``,
+    ``iterations`` (outer); ``--synthetic`` also ``image_error`` and ``motion_error``
+    (relative to the truth).
+    """
+    import multireg
+    from multireg import superres
+
+    if (args.frames is None) == (not args.synthetic):
+        raise UsageError("superres: give FRAMES or --synthetic (one of them)")
+    bk = _backend(backend, args)
+    device = _device(bk, args.device)
+    truth = None
+    inputs: tuple = ()
+    if args.synthetic:
+        from multireg.data import blobs
+
+        m_coarse = tuple(args.m_coarse)
+        if len(m_coarse) != 2:
+            raise ValueError(f"--m-coarse needs two values, got {m_coarse}")
+        m_fine = tuple(args.m_fine) if args.m_fine is not None else tuple(2 * v for v in m_coarse)
+        if args.n_frames < 2:
+            raise ValueError("--n-frames must be at least 2")
+        image, _ = blobs((4 * m_fine[0], 4 * m_fine[1]), seed=args.seed)
+        with multireg.use_backend(bk):  # make_problem computes the frames on the default
+            truth = superres.make_problem(
+                image,
+                m_fine=m_fine,
+                m_coarse=m_coarse,
+                n_frames=args.n_frames,
+                motion=args.motion,
+                downsample=args.downsample,
+                alpha=args.alpha,
+                seed=args.seed,
+            )
+        frames, omega = truth.frames, truth.omega
+        source = {"synthetic": True}
+    else:
+        img = io.read_frames(args.frames)
+        if img.dim != 2:
+            raise ValueError(f"{args.frames}: superres needs 2D frames, got frames of {img.m}")
+        frames = img.data
+        # without stored geometry, centre omega at 0 so that rotations turn about the centre
+        omega = _centred(img.omega) if img.frame == "pixel" else img.omega
+        m_fine = tuple(args.m_fine) if args.m_fine is not None else tuple(2 * v for v in img.m)
+        inputs = (img,)
+        source = img.describe()
+    if len(m_fine) != 2:
+        raise ValueError(f"--m-fine needs two values, got {m_fine}")
+    options = dict(
+        motion=args.motion,
+        downsample=args.downsample,
+        alpha=args.alpha,
+        regularizer=args.regularizer,
+        method=args.method,
+        jacobian=args.jacobian,
+        backend=bk,
+        dtype=args.dtype,
+        max_iter=args.max_iter,
+        tol_j=args.tol_j,
+        tol_y=args.tol_y,
+        tol_g=args.tol_g,
+    )
+    progress = _Progress(args.quiet, total=args.max_iter)
+    if _accepts(superres.solve, "callback"):
+        options["callback"] = lambda record=None, *a: progress.step("superres", record)
+    elif not args.quiet:
+        print(
+            f"superres: {frames.shape[0]} frames {frames.shape[1:]} -> {m_fine} ...",
+            file=sys.stderr,
+        )
+    data = _to_backend(bk, frames, args, device)
+    started = time.perf_counter()
+    try:
+        res = superres.solve(data, omega, m_fine, **options)
+        bk.sync(res.f)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - started
+    values = {
+        "image": _host(bk, res.f),
+        "motions": _host(bk, res.w),
+        "objective": float(res.separable.result.fun),
+        "iterations": int(res.iterations),
+    }
+    if truth is not None:
+        f_true, w_true = truth.f_true, truth.w_true
+        values["image_error"] = float(
+            np.linalg.norm(values["image"] - f_true) / np.linalg.norm(f_true)
+        )
+        values["motion_error"] = float(np.max(np.abs(values["motions"] - w_true)))
+    info = {
+        "command": "superres",
+        "multireg": multireg.__version__,
+        "status": res.status.value,
+        "converged": res.status is Status.CONVERGED,
+        "message": res.separable.result.message,
+        "backend": bk.name,
+        "dtype": args.dtype,
+        "device": str(device) if device is not None else None,
+        "settings": _settings(args, _SUPERRES_SETTINGS),
+        "frames": source,
+        "omega": list(omega),
+        "m_fine": list(m_fine),
+        "motions": values["motions"],
+        "objective": values["objective"],
+        "iterations": values["iterations"],
+        "inner_iterations": int(res.inner_iterations),
+        "image_error": values.get("image_error"),
+        "motion_error": values.get("motion_error"),
+        "first_frame": np.asarray(frames[0]),
+        "truth_image": None if truth is None else truth.f_true,
+        "time": elapsed,
+        "timings": dict(res.timings),
+    }
+    return CommandResult(values, info=info, raw=res, inputs=inputs), res.status
+
+
+def _read_masks(path: Path, m: tuple[int, ...]) -> dict:
+    """Region masks: an .npz of name -> (m1, m2) arrays, or an .npy (R, m1, m2)."""
+    fmt = io.format_of(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if fmt not in ("npz", "npy"):
+        raise ValueError(f"--masks {path}: expected .npz or .npy")
+    try:
+        if fmt == "npy":
+            a = np.load(path, allow_pickle=False)
+            masks = {f"region{r}": a[r] for r in range(a.shape[0])} if a.ndim == 3 else {}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                masks = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as err:
+        raise io.ImageReadError(f"{path}: cannot read the masks: {err}") from None
+    if not masks or any(np.shape(v) != tuple(m) for v in masks.values()):
+        shapes = {k: np.shape(v) for k, v in masks.items()}
+        raise ValueError(f"--masks {path}: expected masks of shape {tuple(m)}, got {shapes}")
+    return masks
+
+
+_DYNAMICS_SETTINGS = (
+    "phantom", "phantom_m", "n_frames", "noise", "seed", "times", "masks", "spacing", "motion",
+    "p", "model", "alpha", "n_basis", "method", "max_iter", "init",
+)  # fmt: skip
+
+
+def run_dynamics(args: argparse.Namespace, backend: Any = None) -> tuple[CommandResult, Status]:
+    """``multireg dynamics``: motions and intensity model of a sequence (writes nothing).
+
+    Calls :func:`multireg.dynamics.solve`. Keys: ``motions`` ((N, p), FAIR layout, reference →
+    frame), ``registered`` and ``model_images`` ((N, m1, m2)), ``curves`` ((N, R), when the
+    model has them), ``objective``, ``fit_residual``, ``iterations``; ``--phantom`` also
+    ``motion_error`` (relative displacement error against the truth).
+    """
+    import multireg
+    from multireg import dynamics
+
+    if (args.frames is None) == (not args.phantom):
+        raise UsageError("dynamics: give FRAMES or --phantom (one of them)")
+    bk = _backend(backend, args)
+    device = _device(bk, args.device)
+    inputs: tuple = ()
+    truth = None
+    if args.phantom:
+        if args.times is not None or args.masks is not None:
+            raise ValueError("--times and --masks apply to FRAMES; the phantom has its own")
+        m = tuple(args.phantom_m)
+        if len(m) != 2:
+            raise ValueError(f"--phantom-m needs two values, got {m}")
+        if args.n_frames < 2:
+            raise ValueError("--n-frames must be at least 2")
+        truth = dynamics.kidney_phantom(m, args.n_frames, noise=args.noise, seed=args.seed)
+        frames, times, omega = truth.frames, truth.times, tuple(truth.omega)
+        masks = truth.masks
+        source: dict = {"phantom": "kidney_phantom", "m": list(m), "n_frames": args.n_frames}
+    else:
+        img = io.read_frames(args.frames, spacing=args.spacing)
+        if img.dim != 2:
+            raise ValueError(f"{args.frames}: dynamics needs 2D frames, got frames of {img.m}")
+        frames, omega = img.data, img.omega
+        times = args.times if args.times is not None else img.extra.get("times")
+        if times is None:
+            raise ValueError(
+                f"{args.frames}: the acquisition times are missing; pass --times T1,T2,..."
+            )
+        masks = _read_masks(args.masks, img.m) if args.masks is not None else None
+        inputs = (img,)
+        source = img.describe()
+    times = np.asarray(times, dtype=np.float64).ravel()
+    if times.shape[0] != frames.shape[0]:
+        raise ValueError(f"--times has {times.shape[0]} values for {frames.shape[0]} frames")
+    model = args.model or ("regions" if masks is not None else "basis")
+    if model == "regions" and masks is None:
+        raise ValueError("--model regions needs --masks (or use --model basis)")
+    options: dict = dict(
+        motion=args.motion,
+        model=model,
+        method=args.method,
+        max_iter=args.max_iter,
+        backend=bk,
+        dtype=args.dtype,
+    )
+    if masks is not None:
+        options["masks"] = masks
+    if args.init == "identity":
+        options["w0"] = "identity"
+    for key in ("alpha", "n_basis", "p"):
+        if getattr(args, key) is not None:
+            options[key] = tuple(args.p) if key == "p" else getattr(args, key)
+    progress = _Progress(args.quiet, total=args.max_iter)
+    options["callback"] = lambda record=None, *a: progress.step("dynamics", record)
+    data = _to_backend(bk, frames, args, device)
+    started = time.perf_counter()
+    try:
+        res = dynamics.solve(data, times, omega, **options)
+        bk.sync(res.w)
+    finally:
+        progress.close()
+    elapsed = time.perf_counter() - started
+    values: dict = {
+        "motions": _host(bk, res.w),
+        "registered": _host(bk, res.registered),
+        "model_images": _host(bk, res.model_images),
+    }
+    if res.curves is not None:
+        values["curves"] = _host(bk, res.curves)
+    values["objective"] = float(res.objective)
+    values["fit_residual"] = float(res.fit_residual)
+    values["iterations"] = int(res.iterations)
+    if truth is not None and args.motion == "affine":  # the phantom's motions are affine
+        m_img = tuple(frames.shape[1:])
+        rel, _ = dynamics.motion_error(values["motions"], truth.w, omega, m_img, motion="affine")
+        values["motion_error"] = float(rel)
+    info = {
+        "command": "dynamics",
+        "multireg": multireg.__version__,
+        "status": res.status.value,
+        "converged": res.status is Status.CONVERGED,
+        "message": res.message,
+        "backend": bk.name,
+        "dtype": args.dtype,
+        "device": str(device) if device is not None else None,
+        "settings": {**_settings(args, _DYNAMICS_SETTINGS), "model_used": model},
+        "frames": source,
+        "times": times,
+        "omega": list(omega),
+        "m": list(frames.shape[1:]),
+        "motions": values["motions"],
+        "motions_layout": _LAYOUTS.get(args.motion, "B-spline control grid coefficients"),
+        "region_names": list(res.names),
+        "curves": values.get("curves"),
+        "objective": values["objective"],
+        "fit_residual": values["fit_residual"],
+        "motion_error": values.get("motion_error"),
+        "iterations": values["iterations"],
+        "time": elapsed,
+        "timings": dict(res.timings),
+    }
+    if truth is not None:
+        info["truth"] = {"curves": truth.curves, "motions": truth.w}
+    return CommandResult(values, info=info, raw=res, inputs=inputs), res.status
+
+
+COMMANDS: dict[str, Callable[..., tuple[CommandResult, Status]]] = {
+    "register": run_register,
+    "homotopy": run_homotopy,
+    "superres": run_superres,
+    "dynamics": run_dynamics,
+}
+
+
+# --------------------------------------------------------------------------------- outputs
+
+
+def _out_dir(args, name: str) -> Path:
+    out = args.out if args.out is not None else Path(f"multireg-{name}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    return out
+
+
+def _input_paths(args) -> list[Path]:
+    return [
+        Path(p)
+        for p in (getattr(args, k, None) for k in ("template", "reference", "frames"))
+        if p is not None
+    ]
+
+
+def _plan(name: str, args) -> dict[str, Path]:
+    """The outputs a command will write, checked before any work (exists / is an input)."""
+    out = _out_dir(args, name)
+    plan: dict[str, Path] = {}
+    if name in ("register", "homotopy"):
+        plan["warped"] = (
+            args.warped
+            if args.warped is not None
+            else out / f"warped{io.extension_of(args.reference)}"
+        )
+        io.format_of(plan["warped"])
+        if name == "register" and args.transform == "nonparametric":
+            plan["displacement"] = out / "displacement.npz"
+    elif name == "superres":
+        plan["reconstruction"] = out / "reconstruction.npz"
+        if args.frames is not None and io.format_of(args.frames) == "nifti":
+            plan["image"] = out / "reconstruction.nii.gz"
+    elif name == "dynamics":
+        plan["arrays"] = out / "dynamics.npz"
+    if getattr(args, "figures", False):
+        function, filename = _FIGURES[name]
+        _check_figures(function)
+        plan["figure"] = out / filename
+    plan["result"] = out / "result.json"
+    protect = _input_paths(args)
+    for path in plan.values():
+        io.check_output(path, overwrite=args.overwrite, protect=protect)
+    return plan
+
+
+_FIGURES = {
+    "register": ("registration_figure", "registration.png"),
+    "homotopy": ("homotopy_path", "homotopy.png"),
+    "superres": ("superres_figure", "superres.png"),
+    "dynamics": ("dynamics_curves", "curves.png"),
+}
+
+
+def _check_figures(function: str) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("--figures needs matplotlib: pip install 'multireg[plot]'") from None
+    try:
+        from multireg import figures
+    except ImportError:
+        raise ImportError("--figures needs multireg.figures, which this multireg lacks") from None
+    if not hasattr(figures, function):
+        raise ImportError(f"multireg.figures has no {function}")
+
+
+def _figure(name: str, result: CommandResult, path: Path) -> None:
+    """Draw a command's figure with :mod:`multireg.figures` into ``path``."""
+    from multireg import figures
+
+    raw = result.raw
+    if name == "register":
+        T, R = result.inputs
+        figures.registration_figure(T.data, R.data, raw, path)
+    elif name == "homotopy":
+        figures.homotopy_path(raw, path)
+    elif name == "superres":
+        frame = result.info["first_frame"]
+        truth = result.info.get("truth_image")
+        figures.superres_figure(truth, frame, _checks_host(raw.f0), result["image"], path)
+    elif name == "dynamics":
+        names = result.info["region_names"]
+        curves = result.get("curves")
+        if curves is None:
+            raise ValueError("--figures: this intensity model has no time curves to draw")
+        recovered = {n: curves[:, r] for r, n in enumerate(names)}
+        truth = result.info.get("truth", {}).get("curves")
+        figures.dynamics_curves(result.info["times"], truth, recovered, path)
+
+
+def _checks_host(x) -> np.ndarray:
+    from multireg._checks import to_host
+
+    return np.asarray(to_host(x), dtype=np.float64)
+
+
+def _write(name: str, args, result: CommandResult, plan: dict[str, Path]) -> dict[str, Path]:
+    """Write a command's outputs (atomically; the plan was checked before the work)."""
+    opts = dict(overwrite=args.overwrite, protect=_input_paths(args))
+    written: dict[str, Path] = {}
+    info = dict(result.info)
+    info["outputs"] = {k: str(v) for k, v in plan.items()}
+    if name in ("register", "homotopy"):
+        R = result.inputs[1]
+        written["warped"] = io.write_image(plan["warped"], result["warped"], like=R, **opts)
+        if "displacement" in plan:
+            written["displacement"] = io.write_npz(
+                plan["displacement"],
+                displacement=result["displacement"],
+                y=result["displacement"] + R.domain.cell_centers().reshape(*R.m, R.dim),
+                omega=np.asarray(R.omega),
+                m=np.asarray(R.m),
+                **opts,
+            )
+    elif name == "superres":
+        info_omega = tuple(result.info["omega"])
+        written["reconstruction"] = io.write_npz(
+            plan["reconstruction"],
+            image=result["image"],
+            motions=result["motions"],
+            omega=np.asarray(info_omega),
+            **opts,
+        )
+        if "image" in plan:
+            (img,) = result.inputs
+            written["image"] = io.write_image(
+                plan["image"], result["image"], like=img, omega=img.omega, **opts
+            )
+    elif name == "dynamics":
+        arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+        written["arrays"] = io.write_npz(plan["arrays"], **arrays, **opts)
+    if "figure" in plan:
+        with io.atomic_path(plan["figure"], **opts) as tmp:
+            _figure(name, result, tmp)
+        written["figure"] = plan["figure"]
+    info.pop("first_frame", None)
+    info.pop("truth_image", None)
+    written["result"] = io.write_json(plan["result"], info, **opts)
+    return written
+
+
+def _summary(name: str, result: CommandResult, status: Status, written: dict) -> list[str]:
+    info = result.info
+    lines = [
+        f"{name}: backend {info['backend']} ({info['dtype']}, {info.get('device')}), "
+        f"status {status.value}, {info['iterations']} iterations, "
+        f"objective {result['objective']:.6g}, {info['time']:.2f} s"
+    ]
+    if name == "register":
+        lv = ", ".join(str(v["iterations"]) for v in info["levels"])
+        lines.append(
+            f"  distance reduced to {100 * result['reduction']:.3g} % of the identity's; "
+            f"iterations per level: {lv}"
+        )
+        if "det_min" in result:
+            lines.append(f"  min det of the Jacobian of y: {result['det_min']:.4g}")
+    if "parameters" in result:
+        w = (np.round(result["parameters"], 6) + 0.0).tolist()  # no -0.0
+        if len(w) <= 12:
+            units = info.get("parameters_units") or ""
+            lines.append(f"  parameters (FAIR layout; {units}): {w}")
+    if name == "superres" and result.get("image_error") is not None:
+        lines.append(
+            f"  relative image error {result['image_error']:.3g}, "
+            f"max motion error {result['motion_error']:.3g}"
+        )
+    lines.append("  wrote " + ", ".join(str(p) for p in written.values()))
+    return lines
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _compute_and_write(name: str, args) -> int:
+    for path in _input_paths(args):  # a missing input is the first thing to report
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+    plan = _plan(name, args)
+    result, status = COMMANDS[name](args, None)
+    written = _write(name, args, result, plan)
+    if not args.quiet:
+        print("\n".join(_summary(name, result, status, written)))
+    if status is not Status.CONVERGED:
+        message = result.info.get("message") or status.value
+        print(
+            f"multireg: warning: the solver did not converge ({message}); "
+            "outputs written, exit code 3",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def _demo(args) -> int:
+    from multireg import demo
+
+    if _accepts(demo.run, "quiet"):
+        options = {}
+        for key in ("overwrite", "small"):
+            if getattr(args, key):
+                if not _accepts(demo.run, key):
+                    raise ValueError(f"this multireg's demo has no option --{key}")
+                options[key] = True
+        folder = demo.run(args.backend, out=args.out, quiet=args.quiet, **options)
+        if not args.quiet and folder is not None:
+            print(f"demo: figures written to {folder}")
+    else:  # an older demo without figures
+        if args.out is not None:
+            raise ValueError("this multireg's demo writes no figures; --out is not supported")
+        demo.run(args.backend, out=(lambda *a: None) if args.quiet else print)
+    return EXIT_OK
+
+
+def _validate(args) -> int:
+    try:
+        from multireg.validate import run_command
+    except ImportError as err:
+        raise ImportError(f"this multireg has no validate module ({err})") from None
+    argv = [args.validated, *args.args]
+    parse_command(argv)  # usage errors of the inner command, before any work
+    if args.report is not None:
+        io.check_output(args.report, overwrite=True, protect=())
+    report = run_command(argv, backends=args.backends, rtol=args.rtol, out=args.report)
+    if not args.quiet:
+        print(report.table())
+    if not report.ok:
+        print(
+            f"multireg: error: the backends disagree by more than --rtol {args.rtol:g}",
+            file=sys.stderr,
+        )
+        return EXIT_DISAGREE
+    return EXIT_OK
+
+
+def _bench(args) -> int:
+    try:
+        from multireg.report import write_bench_report
+    except ImportError as err:
+        raise ImportError(f"this multireg has no report module ({err})") from None
+    if args.out is not None:
+        io.check_output(args.out, overwrite=args.overwrite)
+    options: dict = {}
+    for key, value in (("quiet", args.quiet), ("run", not args.no_run), ("timeout", args.timeout)):
+        if _accepts(write_bench_report, key):
+            options[key] = value
+        elif key != "quiet" and value not in (True, None):
+            raise ValueError(f"this multireg's bench report has no option {key!r}")
+    path = write_bench_report(args.out, quick=args.quick, scripts=args.scripts, **options)
+    if not args.quiet:
+        print(f"bench: report written to {path}")
+    return EXIT_OK
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "validate": _validate,
+    "bench": _bench,
+}
+
+
+def _error(message: str) -> None:
+    text = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"multireg: error: {text}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring).
+
+    Usage errors (unknown option, bad value) print one line and exit through
+    ``SystemExit(2)``, as argparse does; ``--help`` and ``--version`` exit with 0.
+    """
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    debug = "--debug" in argv
+    try:
+        name, args = parse_command(argv)
+    except UsageError as err:
+        _error(str(err))
+        raise SystemExit(EXIT_USAGE) from None
+    try:
+        if name in COMMANDS:
+            return _compute_and_write(name, args)
+        return _HANDLERS[name](args)
+    except KeyboardInterrupt:
+        print("multireg: interrupted; no output was left half-written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _INPUT_ERRORS as err:
+        if name in ("demo", "bench") and not isinstance(err, _ENVIRONMENT_ERRORS):
+            # these commands take no input data: a ValueError or TypeError there is a bug
+            if debug:
+                traceback.print_exc()
+            _error(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
+            return EXIT_ERROR
+        if debug:
+            traceback.print_exc()
+        _error(str(err) or type(err).__name__)
+        return EXIT_USAGE
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        _error(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
+        return EXIT_ERROR

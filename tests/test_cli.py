@@ -1,0 +1,489 @@
+"""The command line end to end: every format in and out, recovered transformations, geometry,
+bad input with one-line errors and the documented exit codes, safe outputs, interruption."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import multireg
+from multireg import cli, io
+from multireg.cli import main
+from multireg.data import blobs
+from multireg.optimize import Status
+
+from .conftest import AD_BACKENDS
+
+pytestmark = pytest.mark.skipif(not AD_BACKENDS, reason="the commands need torch or JAX")
+# One backend for the tests that check wiring rather than numbers: torch runs small problems
+# without compiling (JAX compiles every new configuration, seconds each).
+FAST = "torch" if "torch" in AD_BACKENDS else (AD_BACKENDS[0] if AD_BACKENDS else None)
+SHIFT = np.array([2.5, -1.5])  # pixels
+SHIFT_3D = np.array([1.2, -0.8, 1.5])  # mm
+
+
+def _warp(T, domain, y):
+    c = multireg.spline_coefficients(T)
+    return np.asarray(multireg.spline_interpolate(c, domain, y)).reshape(domain.m)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Small image pairs in every format with a known transformation T(y(x)) = R(x)."""
+    folder = tmp_path_factory.mktemp("inputs")
+    files = {}
+    # PNG 48×40, 8-bit, pixel units: R(x) = T(x + SHIFT)
+    T, dom = blobs((48, 40), (0, 48, 0, 40), seed=2)
+    R = _warp(T, dom, dom.cell_centers() + SHIFT)
+    pil = pytest.importorskip("PIL.Image")
+    for name, a in (("T.png", T), ("R.png", R)):
+        pil.fromarray(np.rint(255 * a).astype(np.uint8)).save(folder / name)
+        files[name] = folder / name
+    # NPY 32×28, float64: an affine map
+    T, dom = blobs((32, 28), (0, 32, 0, 28), seed=3)
+    w = np.array([1.03, 0.04, -0.6, -0.03, 0.98, 0.9])
+    R = _warp(T, dom, multireg.transform("affine", dim=2)(w, dom.cell_centers()))
+    np.save(folder / "T.npy", T)
+    np.save(folder / "R.npy", R)
+    files.update({"T.npy": folder / "T.npy", "R.npy": folder / "R.npy", "w": w})
+    bad = T.copy()
+    bad[3, 4] = np.nan
+    np.save(folder / "nan.npy", bad)
+    (folder / "garbage.png").write_bytes(b"definitely not a PNG" * 10)
+    files.update(nan=folder / "nan.npy", garbage=folder / "garbage.png")
+    # NIfTI 16³ with non-unit spacing and a non-zero origin (world units, mm)
+    nib = pytest.importorskip("nibabel")
+    h, origin = np.array([2.0, 1.5, 3.0]), np.array([-10.0, 5.0, 20.0])
+    omega = tuple(v for a, hk in zip(origin - h / 2, h) for v in (a, a + 16 * hk))
+    T, dom = blobs((16, 16, 16), omega, seed=4)
+    R = _warp(T, dom, dom.cell_centers() + SHIFT_3D)
+    affine = np.diag([*h, 1.0])
+    affine[:3, 3] = origin
+    for name, a in (("T.nii.gz", T), ("R.nii.gz", R)):
+        nib.save(nib.Nifti1Image(a.astype(np.float32), affine), str(folder / name))
+        files[name] = folder / name
+    oblique = affine.copy()
+    oblique[0, 1] = 0.4
+    nib.save(nib.Nifti1Image(T.astype(np.float32), oblique), str(folder / "oblique.nii.gz"))
+    files.update(oblique=folder / "oblique.nii.gz", affine=affine)
+    return files
+
+
+def _run(capsys, *argv):
+    """main(argv) -> (exit code, stdout, stderr); SystemExit (argparse) gives its code."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
+    assert lines[0].startswith("multireg: error: "), lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _result(folder: Path) -> dict:
+    return json.loads((folder / "result.json").read_text())
+
+
+# ---------------------------------------------------------------------------- help, parsing
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def test_help_documents_every_option_and_the_exit_codes(capsys):
+    parser = cli.build_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {
+        "register", "homotopy", "superres", "dynamics", "demo", "validate", "bench",
+    }  # fmt: skip
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help and action.help.strip(), f"{name}: {action.dest} has no help"
+        assert "exit codes" in sub.epilog and "3 " in sub.epilog
+    for flag in ("--backend", "--dtype", "--device", "--quiet", "--overwrite", "--out"):
+        assert any(flag in a.option_strings for a in commands["register"]._actions), flag
+    with pytest.raises(SystemExit) as exc:
+        main(["register", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("--transform", "--levels", "--allow-oblique", "130", "not converge"):
+        assert word in text
+
+
+def test_unknown_option_and_bad_values_are_one_line_usage_errors(capsys):
+    code, _, err = _run(capsys, "register", "a.png", "b.png", "--frobnicate")
+    assert code == 2
+    assert "--frobnicate" in _one_line_error(err) and "multireg register --help" in err
+    code, _, err = _run(capsys, "register", "a.png", "b.png", "--transform", "warp")
+    assert code == 2 and "invalid choice" in _one_line_error(err)
+    code, _, err = _run(capsys, "register", "a.png", "b.png", "--alpha", "-1")
+    assert code == 2 and "positive" in _one_line_error(err)
+    code, _, err = _run(capsys, "register", "a.png")
+    assert code == 2 and "REFERENCE" in _one_line_error(err)
+
+
+# ---------------------------------------------------------------------------- register
+
+
+@pytest.mark.parametrize("backend", AD_BACKENDS)
+def test_register_two_pngs_recovers_the_shift(data, tmp_path, capsys, backend):
+    out = tmp_path / "out"
+    code, stdout, _ = _run(
+        capsys, "register", data["T.png"], data["R.png"], "--transform", "translation",
+        "--backend", backend, "--out", out,
+    )  # fmt: skip
+    assert code == 0, stdout
+    result = _result(out)
+    assert result["status"] == "converged" and result["backend"] == backend
+    # 8-bit quantisation of T and R limits the accuracy to a few hundredths of a pixel
+    assert np.allclose(result["parameters"], SHIFT, atol=0.03)
+    assert result["omega"] == [0.0, 48.0, 0.0, 40.0] and result["parameters_units"] == "pixels"
+    warped = io.read_image(out / "warped.png")
+    assert warped.m == (48, 40) and warped.mode == "L"
+    R = io.read_image(data["R.png"]).data
+    T = io.read_image(data["T.png"]).data
+    assert np.mean(np.abs(warped.data - R)) < 0.1 * np.mean(np.abs(T - R))
+    assert "converged" in stdout and "warped.png" in stdout
+
+
+def test_register_nifti_volumes_in_world_units_keeps_the_geometry(data, tmp_path, capsys):
+    nib = pytest.importorskip("nibabel")
+    out = tmp_path / "out"
+    code, stdout, _ = _run(
+        capsys, "register", data["T.nii.gz"], data["R.nii.gz"], "--transform", "translation",
+        "--backend", FAST, "--out", out, "--quiet",
+    )  # fmt: skip
+    assert code == 0 and stdout == ""
+    result = _result(out)
+    assert np.allclose(result["parameters"], SHIFT_3D, atol=1e-3)  # in mm, not voxels
+    assert result["parameters_units"] == "world (mm)"
+    assert np.allclose(result["omega"], (-11, 21, 4.25, 28.25, 18.5, 66.5))
+    warped = nib.load(str(out / "warped.nii.gz"))
+    assert np.array_equal(warped.affine, nib.load(str(data["R.nii.gz"])).affine)
+    assert warped.shape == (16, 16, 16)
+    R = io.read_image(data["R.nii.gz"]).data
+    assert np.max(np.abs(warped.get_fdata() - R)) < 1e-2 * np.ptp(R)
+
+
+def test_register_npy_affine_and_the_command_contract(data, tmp_path):
+    out = tmp_path / "never-written"
+    name, ns = cli.parse_command(
+        ["register", str(data["T.npy"]), str(data["R.npy"]), "--out", str(out),
+         "--tol-j", "1e-9", "--tol-y", "1e-7", "--tol-g", "1e-7", "--max-iter", "30", "-q"]
+    )  # fmt: skip
+    result, status = cli.COMMANDS[name](ns, FAST)
+    assert status is Status.CONVERGED and not out.exists()
+    assert np.allclose(result["parameters"], data["w"], atol=1e-5)
+    for key, value in result.items():  # numbers only: what validation compares
+        assert isinstance(value, (np.ndarray, float, int)), key
+    assert result["warped"].shape == (32, 28) and isinstance(result["iterations"], int)
+    assert result.info["backend"] == FAST and result.raw.success
+    assert [im.path for im in result.inputs] == [data["T.npy"], data["R.npy"]]
+
+
+def test_register_nonparametric_writes_the_displacement(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["register", data["T.npy"], data["R.npy"], "--transform", "nonparametric",
+            "--alpha", "100", "--levels", "2", "--backend", FAST, "--out", out, "-q"]  # fmt: skip
+    figures = _has_figures()
+    if figures:
+        argv.append("--figures")
+    code, _, err = _run(capsys, *argv)
+    assert code in (0, 3), err
+    result = _result(out)
+    assert result["det_min"] > 0 and result["reduction"] < 0.2
+    with np.load(out / "displacement.npz") as z:
+        u, y = z["displacement"], z["y"]
+        assert u.shape == (32, 28, 2)
+        x = multireg.Domain(tuple(z["omega"]), tuple(z["m"])).cell_centers().reshape(32, 28, 2)
+    assert np.allclose(y - x, u) and np.max(np.abs(u)) > 0.3  # it moved
+    assert np.load(out / "warped.npy").shape == (32, 28)
+    assert (out / "registration.png").exists() == figures
+
+
+def _has_figures() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+
+        from multireg import figures
+    except ImportError:
+        return False
+    return hasattr(figures, "registration_figure")
+
+
+def test_not_converged_exits_3_and_still_writes(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "register", data["T.npy"], data["R.npy"], "--max-iter", "1", "--levels", "1",
+        "--backend", FAST, "--out", out, "-q",
+    )  # fmt: skip
+    assert code == 3
+    assert "did not converge" in err and "Traceback" not in err
+    result = _result(out)
+    assert result["status"] == "max_iterations" and result["converged"] is False
+    assert (out / "warped.npy").exists()
+
+
+def test_progress_bars_on_a_terminal(monkeypatch):
+    pytest.importorskip("tqdm")
+    import io as stdio
+
+    class Terminal(stdio.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    domains = [multireg.Domain((0, 1, 0, 1), m) for m in ((12, 10), (24, 20))]
+    progress = cli._Progress(quiet=False, total=10)
+    for d in domains:
+        for k in range(3):
+            progress.registration("parametric", d, _Record(k, 10.0 / (k + 1)))
+    progress.close()
+    for k in range(2):
+        progress.step("superres", _Record(k, 1.5))
+    progress.close()
+    text = terminal.getvalue()
+    assert "parametric 12x10" in text and "parametric 24x20" in text and "2/10" in text
+    assert "J=3.333" in text and "superres" in text
+    quiet = Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    silent = cli._Progress(quiet=True, total=10)
+    silent.registration("parametric", domains[0], _Record(1, 1.0))
+    silent.close()
+    assert quiet.getvalue() == ""
+
+
+class _Record:
+    def __init__(self, iteration, fun):
+        self.iteration, self.fun = iteration, fun
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_exit_2_with_one_line(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    cases = [
+        ((tmp_path / "missing.png", data["R.png"]), "missing.png: no such file"),
+        ((data["garbage"], data["R.png"]), "garbage.png: cannot read"),
+        ((data["T.png"], data["R.nii.gz"]), "shape"),  # 2D against 3D
+        ((data["nan"], data["R.npy"]), "nan.npy: contains 1 NaN"),
+        ((data["oblique"], data["R.nii.gz"]), "oblique"),
+    ]
+    for (T, R), message in cases:
+        code, _, err = _run(capsys, "register", T, R, "--backend", FAST, "--out", out)
+        assert code == 2, (T, R, err)
+        assert message in _one_line_error(err)
+    assert not out.exists()  # nothing was written
+    code, _, err = _run(
+        capsys, "register", data["T.npy"], data["R.npy"], "--device", "abacus", "--out", out
+    )
+    assert code == 2 and "abacus" in _one_line_error(err)
+    code, _, err = _run(
+        capsys, "register", data["T.npy"], data["R.npy"], "--transform", "nonparametric"
+    )
+    assert code == 2 and "--alpha" in _one_line_error(err)
+
+
+def test_outputs_are_never_clobbered_nor_written_over_an_input(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "result.json").write_text("keep me")
+    base = ("register", data["T.npy"], data["R.npy"], "--backend", FAST, "--out", out, "-q")
+    code, _, err = _run(capsys, *base)
+    assert code == 2 and "--overwrite" in _one_line_error(err)
+    assert (out / "result.json").read_text() == "keep me" and not (out / "warped.npy").exists()
+    reference = data["R.npy"].read_bytes()
+    code, _, err = _run(capsys, *base, "--warped", data["R.npy"], "--overwrite")
+    assert code == 2 and "over an input" in _one_line_error(err)
+    assert data["R.npy"].read_bytes() == reference
+
+
+def test_interruption_leaves_the_old_outputs_intact(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    base = ("register", data["T.png"], data["R.png"], "--transform", "translation",
+            "--max-iter", "2", "--backend", FAST, "--out", out, "-q")  # fmt: skip
+    assert _run(capsys, *base)[0] in (0, 3)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(old) == {"warped.png", "result.json"}
+
+    def interrupted(tmp, *args):
+        Path(tmp).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(io._WRITERS, "png", interrupted)
+    code, _, err = _run(capsys, *base, "--overwrite")
+    assert code == 130 and "interrupted" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # no temp file either
+
+
+def test_unexpected_error_exits_1_and_debug_shows_the_traceback(data, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(multireg, "register", broken)
+    argv = ("register", data["T.npy"], data["R.npy"], "--backend", FAST, "--out", "unused")
+    code, _, err = _run(capsys, *argv)
+    assert code == 1 and "boom" in _one_line_error(err) and "--debug" in err
+    code, _, err = _run(capsys, *argv, "--debug")
+    assert code == 1 and "Traceback" in err and "RuntimeError: boom" in err
+
+
+# ---------------------------------------------------------------------------- other commands
+
+
+def test_homotopy_follows_the_path(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "homotopy", data["T.npy"], data["R.npy"], "--transform", "affine",
+        "--thetas", "10,1,0.01,1e-6", "--backend", FAST, "--out", out, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    result = _result(out)
+    assert np.allclose(result["path"]["theta"], [10, 1, 0.01, 1e-6])
+    assert np.allclose(result["parameters"], data["w"], atol=1e-3)
+    assert np.load(out / "warped.npy").shape == (32, 28)
+
+
+def test_superres_synthetic(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "superres", "--synthetic", "--m-coarse", "8,8", "--n-frames", "2",
+        "--backend", FAST, "--out", out, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    result = _result(out)
+    assert result["m_fine"] == [16, 16] and result["image_error"] < 0.2
+    with np.load(out / "reconstruction.npz") as z:
+        assert z["image"].shape == (16, 16) and z["motions"].shape == (2, 3)
+    code, _, err = _run(capsys, "superres", "--backend", FAST)
+    assert code == 2 and "FRAMES or --synthetic" in _one_line_error(err)
+    # NIfTI frames (m1, m2, N): the reconstruction keeps their box on the finer grid
+    nib = pytest.importorskip("nibabel")
+    frames = np.moveaxis(np.load(out / "reconstruction.npz")["image"][None], 0, -1)
+    frames = np.concatenate([frames[::2, ::2], frames[1::2, 1::2]], axis=-1)  # two 8×8 frames
+    affine = np.diag([2.0, 2.0, 1.0, 1.0])
+    affine[:3, 3] = [-7.0, -7.0, 0.0]  # omega = (-8, 8, -8, 8): centred, 2 mm pixels
+    nib.save(nib.Nifti1Image(frames, affine), str(tmp_path / "frames.nii.gz"))
+    code, _, err = _run(
+        capsys, "superres", tmp_path / "frames.nii.gz", "--max-iter", "2", "--backend", FAST,
+        "--out", tmp_path / "o2", "-q",
+    )  # fmt: skip
+    assert code in (0, 3), err
+    fine = io.read_image(tmp_path / "o2" / "reconstruction.nii.gz")
+    assert fine.m == (16, 16) and np.allclose(fine.omega, (-8, 8, -8, 8))
+    assert _result(tmp_path / "o2")["omega"] == [-8.0, 8.0, -8.0, 8.0]
+
+
+def test_dynamics_phantom_and_frames_from_a_file(tmp_path, capsys):
+    dynamics = pytest.importorskip("multireg.dynamics")
+    if not hasattr(dynamics, "solve"):
+        pytest.skip("multireg.dynamics.solve is not there yet")
+    out = tmp_path / "out"
+    small = ("--max-iter", "2", "--init", "identity", "--backend", FAST, "-q")
+    code, _, err = _run(
+        capsys, "dynamics", "--phantom", "--phantom-m", "32,32", "--n-frames", "3",
+        "--out", out, *small[:-1],  # not quiet: the progress bar's code runs (off: no TTY)
+    )  # fmt: skip
+    assert code in (0, 3), err
+    result = _result(out)
+    assert result["command"] == "dynamics" and result["settings"]["model_used"] == "regions"
+    assert result["motion_error"] is not None
+    with np.load(out / "dynamics.npz") as z:
+        assert z["motions"].shape == (3, 6) and z["registered"].shape == (3, 32, 32)
+        assert z["curves"].shape == (3, len(result["region_names"]))
+    # the same frames from files: .npz frames with times, .npz masks
+    ph = dynamics.kidney_phantom((32, 32), 3, seed=0)
+    np.savez(tmp_path / "seq.npz", frames=ph.frames, times=ph.times, omega=np.array(ph.omega))
+    np.savez(tmp_path / "masks.npz", **ph.masks)
+    code, _, err = _run(
+        capsys, "dynamics", tmp_path / "seq.npz", "--masks", tmp_path / "masks.npz",
+        "--out", tmp_path / "out2", *small,
+    )  # fmt: skip
+    assert code in (0, 3), err
+    with np.load(tmp_path / "out2" / "dynamics.npz") as z:
+        assert z["motions"].shape == (3, 6)
+    np.save(tmp_path / "seq.npy", ph.frames)
+    code, _, err = _run(capsys, "dynamics", tmp_path / "seq.npy", "--out", tmp_path / "o3", *small)
+    assert code == 2 and "--times" in _one_line_error(err)
+
+
+def test_validate_compares_the_backends(data, tmp_path, capsys):
+    pytest.importorskip("multireg.validate")
+    if len(AD_BACKENDS) < 2:
+        pytest.skip("needs two differentiating backends")
+    argv = ("validate", "register", data["T.npy"], data["R.npy"], "--transform",
+            "translation", "--levels", "1", "-q")  # fmt: skip
+    code, stdout, err = _run(capsys, *argv, "--rtol", "1e-6")
+    assert code == 0, err
+    assert all(name in stdout for name in AD_BACKENDS) and "parameters" in stdout
+    code, _, err = _run(capsys, *argv, "--rtol", "1e-300")
+    assert code == 4 and "disagree" in err
+
+
+def test_bench_and_demo_are_wired(tmp_path, capsys, monkeypatch):
+    report = pytest.importorskip("multireg.report")
+    demo = pytest.importorskip("multireg.demo")
+    calls = {}
+
+    def fake_report(path=None, *, quick=False, scripts=None, **kw):
+        calls["bench"] = (path, quick, scripts)
+        Path(path).write_text("# report")
+        return Path(path)
+
+    def fake_demo(backends=None, out=None, quiet=False):
+        calls["demo"] = (backends, out, quiet)
+        return Path(out)
+
+    monkeypatch.setattr(report, "write_bench_report", fake_report)
+    monkeypatch.setattr(demo, "run", fake_demo)
+    target = tmp_path / "REPORT.md"
+    code, stdout, _ = _run(capsys, "bench", "--quick", "--scripts", "kernels", "--out", target)
+    assert code == 0 and calls["bench"] == (target, True, ["kernels"]) and str(target) in stdout
+    code, _, err = _run(capsys, "bench", "--out", target)
+    assert code == 2 and "--overwrite" in _one_line_error(err)
+    code, _, _ = _run(capsys, "demo", "--backend", FAST, "--out", tmp_path / "d", "-q")
+    assert code == 0 and calls["demo"] == ([FAST], tmp_path / "d", True)
+
+
+# ---------------------------------------------------------------------------- console script
+
+
+def test_console_script_end_to_end(data, tmp_path):
+    script = shutil.which("multireg", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the multireg console script is not installed")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ok = subprocess.run(
+        [script, "register", data["T.npy"], data["R.npy"], "--backend", FAST, "--out", out],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "status converged" in ok.stdout and (out / "warped.npy").exists()
+    bad = subprocess.run(
+        [script, "register", tmp_path / "nope.npy", data["R.npy"], "--out", out],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("multireg: error: ") and "nope.npy" in bad.stderr
