@@ -7,6 +7,7 @@ call (with compilation where the backend compiles) is reported separately as "co
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,11 +72,27 @@ def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join([line, rule, *body])
 
 
-def write_report(name: str, text: str) -> Path:
-    """Write ``bench/out/<name>.md`` (the multireg bench report collects these)."""
+def write_report(name: str, text: str, *, collect: bool = True) -> Path:
+    """Write ``bench/out/<name>.md``; with ``collect``, also refresh ``bench/out/REPORT.md``, the
+    one report that holds every script's latest table (``multireg.report``; ``multireg bench``
+    runs every script and writes it afresh)."""
     OUT.mkdir(exist_ok=True)
     path = OUT / f"{name}.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+    if collect:
+        collect_report()
     return path
+
+
+def collect_report() -> Path | None:
+    """Assemble ``bench/out/REPORT.md`` from the tables in bench/out/ (runs nothing). A failure
+    here is reported on stderr and never fails the benchmark that called it."""
+    try:
+        from multireg.report import write_bench_report
+
+        return write_bench_report(bench_dir=OUT.parent, run=False, quiet=True)
+    except Exception as exc:  # the benchmark's own table is already written
+        print(f"could not refresh bench/out/REPORT.md: {exc}", file=sys.stderr)
+        return None

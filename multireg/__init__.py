@@ -5,7 +5,7 @@ derivatives. ``import multireg`` imports neither framework: a backend's framewor
 first time that backend is used.
 """
 
-from multireg import optimize, separable, superres
+from multireg import figures, io, optimize, separable, superres
 from multireg._backend import (
     Backend,
     available_backends,
@@ -27,6 +27,7 @@ from multireg.interpolation import (
 from multireg.registration import RegistrationResult, register
 from multireg.regularizers import Curvature, Diffusive, Elastic, Regularizer, regularizer
 from multireg.transforms import Affine, BSpline, Rigid, Transform, Translation, transform
+from multireg.validate import ValidationReport, validate  # the function shadows the module
 
 __version__ = "0.1.0"
 
@@ -51,11 +52,14 @@ __all__ = [
     "Rigid",
     "Transform",
     "Translation",
+    "ValidationReport",
     "available_backends",
     "distance",
+    "figures",
     "get_backend",
     "homotopy",
     "image_model",
+    "io",
     "linear_interpolate",
     "multilevel",
     "optimize",
@@ -70,4 +74,5 @@ __all__ = [
     "superres",
     "transform",
     "use_backend",
+    "validate",
 ]
