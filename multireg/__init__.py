@@ -5,7 +5,7 @@ derivatives. ``import multireg`` imports neither framework: a backend's framewor
 first time that backend is used.
 """
 
-from multireg import figures, io, optimize, separable, superres
+from multireg import dynamics, figures, io, optimize, separable, superres
 from multireg._backend import (
     Backend,
     available_backends,
@@ -55,6 +55,7 @@ __all__ = [
     "ValidationReport",
     "available_backends",
     "distance",
+    "dynamics",
     "figures",
     "get_backend",
     "homotopy",
