@@ -12,7 +12,8 @@ engine never forms A(w) = ∂r/∂f: it reaches A(w) v and A(w)ᵀ u by ``bk.jvp
 What it provides:
 
 * :func:`solve_linear`: the inner regularised least squares f(w) = argmin_f Φ(w, f), by CG on
-  the normal equations (AᵀA + LᵀL) f = −Aᵀ r(w, 0), warm-started, matrix-free.
+  the normal equations (AᵀA + LᵀL) f = −Aᵀ r(w, 0) or by LSQR on the stacked system
+  [A; L] f ≈ −[r(w, 0); 0] (Paige & Saunders 1982), warm-started, matrix-free.
 * :func:`varpro`: Gauss–Newton on the reduced function Φ(w, f(w)) (variable projection, Golub
   & Pereyra 1973, 2003), with the reduced Jacobian J̃ = ∂F/∂w + ∂F/∂f · df/dw from
 
@@ -26,9 +27,16 @@ What it provides:
   - ``"partial"``: ∂F/∂w with f frozen (df/dw := 0; the paper's "No Diff").
 
   The gradient of the reduced objective is the partial one, J_wᵀF (Golub & Pereyra's envelope
-  result: it is exact when the inner solve is), for every variant.
+  result: it is exact when the inner solve is), for every variant. The implicit and Kaufman
+  Gauss–Newton matrices are either formed (P batched solves) or applied matrix-free
+  (``matrix_free=True``: one inner solve per product J̃v or J̃ᵀu, the outer system by PCG).
 * :func:`bcd`: block coordinate descent (one inner solve in f, then one Gauss–Newton step in w
   with the per-frame p×p blocks solved by batched Cholesky).
+* :func:`lap`: linearise and project (Herring, Nagy & Ruthotto 2018): the joint Gauss–Newton
+  step with δw eliminated frame by frame, the projected system in δf solved by CG or LSQR;
+  optional bounds on f (projected Gauss–Newton).
+* :func:`full_gauss_newton`: Gauss–Newton on the joint (w, f), the joint normal equations
+  solved by block-Jacobi preconditioned CG (or LSQR on the column-scaled stacked system).
 
 The block-diagonal Gauss–Newton matrix in w (p×p per frame) is formed with p forward products,
 one per parameter index for all frames at once (the frames' columns do not overlap), and solved
@@ -39,7 +47,8 @@ References: G. H. Golub and V. Pereyra, SIAM J. Numer. Anal. 10 (1973) 413–432
 Problems 19 (2003) R1–R26; L. Kaufman, BIT 15 (1975) 49–57; D. P. O'Leary and B. W. Rust,
 Comput. Optim. Appl. 54 (2013) 579–593; J. L. Herring, J. G. Nagy and L. Ruthotto, "LAP: a
 linearize and project method for solving inverse problems with coupled variables",
-arXiv:1705.09992 (2018).
+arXiv:1705.09992 (2018); C. C. Paige and M. A. Saunders, ACM Trans. Math. Softw. 8 (1982)
+43–71 (LSQR); M. R. Hestenes and E. Stiefel, J. Res. Nat. Bur. Standards 49 (1952) 409–436 (CG).
 """
 
 from __future__ import annotations
@@ -54,16 +63,20 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from multireg.optimize import Objective, Result, Status, gauss_newton
+from multireg import _checks
+from multireg.optimize import Objective, Record, Result, Status, gauss_newton
 from multireg.optimize._objective import LinearOperator
 
 __all__ = [
+    "INNER_SOLVERS",
     "JACOBIANS",
     "InnerSolve",
     "SeparableProblem",
     "SeparableResult",
     "bcd",
     "cholesky_solve",
+    "full_gauss_newton",
+    "lap",
     "reduced_jacobian",
     "solve_linear",
     "varpro",
@@ -71,6 +84,7 @@ __all__ = [
 
 Array = Any
 JACOBIANS = ("implicit", "unrolled", "kaufman", "partial")
+INNER_SOLVERS = ("cg", "lsqr")
 
 
 @dataclass(frozen=True)
@@ -291,6 +305,88 @@ def _kernels(bk: Any, residual: Callable, regularizer: Callable) -> dict[str, Ca
 
         return bk.vmap(one)(V)
 
+    def w_pullback(w, f, u, *data):
+        """J_wᵀ u, shape (N, p)."""
+        _, pullback = bk.vjp(lambda v: stacked(v, f, *data), w)
+        return pullback(u)
+
+    def mixed_t(w, f, y, *data):
+        """Mᵀ y = ∂_w ⟨∇_f Φ(w, f), y⟩, shape (N, p): a vjp (in w) of the vjp ∇_f Φ."""
+        _, pullback = bk.vjp(lambda u: grad_f(u, f, *data), w)
+        return pullback(y)
+
+    # --- operators for LSQR, LAP's projected system and the joint (w, f) system. ``Q``
+    # (N, q, p) holds an orthonormal basis of each frame's J_w block (None: no projection);
+    # ``mask`` (n_f,) zeroes the frozen (active) image variables (None: all free).
+
+    def project(v, Q):
+        """[P⊥ v_d; v_L], P⊥ = I − Q_k Q_kᵀ on each frame's rows of the data part."""
+        if Q is None:
+            return v
+        nd = Q.shape[0] * Q.shape[1]
+        vd = xp.reshape(v[:nd], Q.shape[:2])
+        c = xp.sum(Q * vd[:, :, None], axis=1)
+        vd = vd - xp.sum(Q * c[:, None, :], axis=2)
+        return xp.concat([xp.reshape(vd, (-1,)), v[nd:]])
+
+    def masked(u, mask):
+        return u if mask is None else mask * u
+
+    def op(w, u, F0, Q, mask, *data):
+        """[P⊥ A; L] (mask u), with A u = F(w, u) − F(w, 0) (F is affine in f; F0 = F(w, 0))."""
+        return project(stacked(w, masked(u, mask), *data) - F0, Q)
+
+    def op_t(w, f, v, Q, mask, *data):
+        """mask · [P⊥ A; L]ᵀ v (the vjp in f at 0; ``f`` only gives the shape)."""
+        _, pullback = bk.vjp(lambda g: stacked(w, g, *data), xp.zeros_like(f))
+        return masked(pullback(project(v, Q)), mask)
+
+    def normal_op(w, u, Q, mask, *data):
+        """mask (AᵀP⊥A + LᵀL) mask u: LAP's projected normal operator (Q = None: N)."""
+        u = masked(u, mask)
+        F0, pullback = bk.vjp(lambda g: stacked(w, g, *data), xp.zeros_like(u))
+        return masked(pullback(project(stacked(w, u, *data) - F0, Q)), mask)
+
+    def joint_split(z, Jb):
+        nw = Jb.shape[0] * Jb.shape[2]
+        return xp.reshape(z[:nw], (Jb.shape[0], Jb.shape[2])), z[nw:]
+
+    def joint_forward(w, z, F0, Jb, mask, *data):
+        """J [δw; δf] = [J_w δw + A δf; L δf] from the frame blocks of J_w (N, q, p)."""
+        dw, df = joint_split(z, Jb)
+        Fu = stacked(w, masked(df, mask), *data) - F0
+        nd = Jb.shape[0] * Jb.shape[1]
+        jw = xp.reshape(xp.sum(Jb * dw[:, None, :], axis=2), (-1,))
+        return xp.concat([Fu[:nd] + jw, Fu[nd:]])
+
+    def joint_adjoint(w, f, v, Jb, mask, *data):
+        """Jᵀ v = [J_wᵀ v_d; mask J_fᵀ v], packed like z."""
+        nd = Jb.shape[0] * Jb.shape[1]
+        gw = xp.sum(Jb * xp.reshape(v[:nd], Jb.shape[:2])[:, :, None], axis=1)
+        _, pullback = bk.vjp(lambda g: stacked(w, g, *data), xp.zeros_like(f))
+        return xp.concat([xp.reshape(gw, (-1,)), masked(pullback(v), mask)])
+
+    def joint_normal(w, z, Jb, mask, *data):
+        """JᵀJ z for the joint Gauss–Newton system (one forward pass and one pullback)."""
+        dw, df = joint_split(z, Jb)
+        df = masked(df, mask)
+        F0, pullback = bk.vjp(lambda g: stacked(w, g, *data), xp.zeros_like(df))
+        Jz = stacked(w, df, *data) - F0
+        nd = Jb.shape[0] * Jb.shape[1]
+        Jz = xp.concat([Jz[:nd] + xp.reshape(xp.sum(Jb * dw[:, None, :], axis=2), (-1,)), Jz[nd:]])
+        gw = xp.sum(Jb * xp.reshape(Jz[:nd], Jb.shape[:2])[:, :, None], axis=1)
+        return xp.concat([xp.reshape(gw, (-1,)), masked(pullback(Jz), mask)])
+
+    def linearise(w, f, *data):
+        """What one LAP / full Gauss–Newton step needs at (w, f): F(w, f), F(w, 0), the frame
+        blocks of J_w (N, q, p), ∇_w Φ = J_wᵀF (N, p) and ∇_f Φ = J_fᵀF."""
+        F0, pullback = bk.vjp(lambda g: stacked(w, g, *data), xp.zeros_like(f))
+        F = stacked(w, f, *data)
+        Jb = w_jacobian_blocks(w, f, *data)
+        nd = Jb.shape[0] * Jb.shape[1]
+        gw = xp.sum(Jb * xp.reshape(F[:nd], Jb.shape[:2])[:, :, None], axis=1)
+        return F, F0, Jb, gw, pullback(F)
+
     def columns(w, f, V, DF, *data):
         """J_w V[i] + J_f DF[i] for each i: the reduced Jacobian's columns (as rows)."""
 
@@ -315,6 +411,16 @@ def _kernels(bk: Any, residual: Callable, regularizer: Callable) -> dict[str, Ca
         unrolled_start=jit(unrolled_start),
         unrolled_step=jit(unrolled_step),
         unrolled_columns=jit(unrolled_columns),
+        w_pullback=jit(w_pullback),
+        mixed_t=jit(mixed_t),
+        op=jit(op),
+        op_t=jit(op_t),
+        normal_op=jit(normal_op),
+        project=jit(project),
+        joint_forward=jit(joint_forward),
+        joint_adjoint=jit(joint_adjoint),
+        joint_normal=jit(joint_normal),
+        linearise=jit(linearise),
     )
 
 
@@ -380,20 +486,124 @@ def solve_linear(
     *,
     rtol: float = 1e-6,
     max_iter: int = 500,
+    solver: str = "cg",
 ) -> InnerSolve:
-    """f(w) = argmin_f ½‖r(w, f)‖² + ½‖L f‖² by CG on the normal equations, warm-started at f0.
+    """f(w) = argmin_f ½‖r(w, f)‖² + ½‖L f‖², matrix-free, warm-started at f0.
 
-    Solves (AᵀA + LᵀL) f = −Aᵀ r(w, 0) matrix-free (A v and Aᵀ u by jvp / vjp in f) until
-    ‖∇_f Φ‖ ≤ ``rtol``·‖Aᵀ r(w, 0)‖ or ``max_iter`` iterations. Non-convergence is reported
-    in the result, never raised.
+    ``solver="cg"``: CG on the normal equations (AᵀA + LᵀL) f = −Aᵀ r(w, 0) from f0 (Hestenes
+    & Stiefel 1952). ``solver="lsqr"``: LSQR (Paige & Saunders 1982) on the stacked system
+    [A; L] δ ≈ −F(w, f0) for the correction δ = f − f0 (a warm start for a method that starts
+    at zero), with A v = F(w, v) − F(w, 0) (F is affine in f) and Aᵀu by a vjp in f. Both stop
+    when ‖∇_f Φ‖ ≤ ``rtol``·‖Aᵀ r(w, 0)‖ (CG: its recursive residual; LSQR: its estimate
+    φ̄ α |c| of ‖[A; L]ᵀ(residual)‖) or after ``max_iter`` iterations. Non-convergence is
+    reported in the result, never raised.
     """
     _check_tolerances(rtol, max_iter, "rtol", "max_iter")
+    _checks.choice("solver", solver, INNER_SOLVERS)
     w = problem.check_w(w)
     f0 = problem.check_f(f0, w)
     xp, k, data = problem.bk.xp, problem.kernels, problem.data
     b = -k["grad_f"](w, xp.zeros_like(f0), *data)
-    X, it, worst = _batched_cg(problem, w, b[None, :], f0[None, :], rtol, max_iter)
-    return InnerSolve(f=X[0, :], iterations=it, residual_norm=worst, converged=worst <= rtol)
+    if solver == "cg":
+        X, it, worst = _batched_cg(problem, w, b[None, :], f0[None, :], rtol, max_iter)
+        return InnerSolve(f=X[0, :], iterations=it, residual_norm=worst, converged=worst <= rtol)
+    (scale,) = _host(problem.bk, xp.linalg.vector_norm(b))
+    F0 = k["stacked"](w, xp.zeros_like(f0), *data)
+    delta, it, ratio = _lsqr(
+        problem.bk,
+        lambda u: k["op"](w, u, F0, None, None, *data),
+        lambda v: k["op_t"](w, f0, v, None, None, *data),
+        -k["stacked"](w, f0, *data),
+        rtol=rtol,
+        max_iter=max_iter,
+        scale=scale,
+    )
+    return InnerSolve(f=f0 + delta, iterations=it, residual_norm=ratio, converged=ratio <= rtol)
+
+
+def _lsqr(
+    bk: Any,
+    A: Callable,
+    At: Callable,
+    b: Array,
+    *,
+    rtol: float,
+    max_iter: int,
+    scale: float,
+) -> tuple[Array, int, float]:
+    """min_x ‖A x − b‖ by LSQR from x = 0 (Paige & Saunders, ACM TOMS 8 (1982), Alg. LSQR §4,
+    without reorthogonalisation). Stops when the recurrence's estimate φ̄_{k+1} α_{k+1} |c_k| of
+    ‖Aᵀ(b − A x_k)‖ is at most ``rtol``·``scale``, or after ``max_iter`` steps. Returns x, the
+    steps taken and that estimate over ``scale``. One host read per step."""
+    xp = bk.xp
+
+    def normalise(v):
+        n = xp.linalg.vector_norm(v)
+        return v / xp.where(n > 0, n, 1.0), n
+
+    u, beta = normalise(b)
+    v, alpha = normalise(At(u))
+    x = xp.zeros_like(v)
+    d, phibar, rhobar = v, beta, alpha
+    if not scale > 0:
+        return x, 0, 0.0
+    (estimate,) = _host(bk, alpha * beta)
+    ratio, it = estimate / scale, 0
+    while ratio > rtol and it < max_iter:
+        u, beta = normalise(A(v) - alpha * u)
+        v, alpha = normalise(At(u) - beta * v)
+        rho = xp.sqrt(rhobar * rhobar + beta * beta)
+        rho = xp.where(rho > 0, rho, 1.0)
+        c, s = rhobar / rho, beta / rho
+        theta, rhobar = s * alpha, -c * alpha
+        phi, phibar = c * phibar, s * phibar
+        x = x + (phi / rho) * d
+        d = v - (theta / rho) * d
+        it += 1
+        (estimate,) = _host(bk, phibar * alpha * xp.abs(c))
+        ratio = estimate / scale
+        if not math.isfinite(ratio):
+            break
+    return x, it, ratio
+
+
+def _pcg(
+    bk: Any,
+    apply: Callable,
+    b: Array,
+    *,
+    rtol: float,
+    max_iter: int,
+    precond: Callable | None = None,
+) -> tuple[Array, int, float]:
+    """S x = b for SPD S (``apply``) by preconditioned CG from x = 0 (Hestenes & Stiefel 1952;
+    Saad, Iterative Methods, 2nd ed., Alg. 9.1). Stops when ‖b − S x‖ ≤ ``rtol``‖b‖ or after
+    ``max_iter`` steps, or at a direction of non-positive curvature (rounding). Returns x, the
+    steps taken and ‖b − S x‖/‖b‖. One host read per step."""
+    xp = bk.xp
+    x = xp.zeros_like(b)
+    (b_norm,) = _host(bk, xp.linalg.vector_norm(b))
+    if not b_norm > 0 or not math.isfinite(b_norm):
+        return x, 0, 0.0 if b_norm == 0 else math.inf
+    r = b
+    z = r if precond is None else precond(r)
+    p, rz = z, xp.sum(r * z)
+    ratio, it = 1.0, 0
+    while ratio > rtol and it < max_iter:
+        q = apply(p)
+        pq = xp.sum(p * q)
+        alpha = xp.where(pq > 0, rz / xp.where(pq > 0, pq, 1.0), 0.0)
+        x, r = x + alpha * p, r - alpha * q
+        z = r if precond is None else precond(r)
+        rz_new = xp.sum(r * z)
+        p = z + xp.where(rz > 0, rz_new / xp.where(rz > 0, rz, 1.0), 0.0) * p
+        rz = rz_new
+        it += 1
+        r_norm, curvature = _host(bk, xp.stack([xp.linalg.vector_norm(r), pq]))
+        ratio = r_norm / b_norm
+        if not curvature > 0 or not math.isfinite(ratio):
+            break
+    return x, it, ratio
 
 
 def _check_tolerances(rtol: Any, max_iter: Any, rname: str, iname: str) -> None:
@@ -425,17 +635,37 @@ def reduced_jacobian(
     max_iter: int = 500,
     unrolled_iterations: int = 50,
     f_start: Array | None = None,
+    df_start: Array | None = None,
 ) -> tuple[Array, int]:
     """The reduced Jacobian J̃ of w ↦ F(w, f(w)) over the free parameters, shape (M, P).
 
     ``f`` must be the inner solution at ``w``. ``jacobian``: ``"implicit"`` (df/dw from the
-    normal equations, solved by CG to ``rtol``), ``"kaufman"``, ``"partial"``, or
+    normal equations, solved by CG to ``rtol``, warm-started at ``df_start`` (P, n_f) when
+    given, e.g. the previous outer iteration's df/dw), ``"kaufman"``, ``"partial"``, or
     ``"unrolled"`` (forward AD through ``unrolled_iterations`` CG steps from the fixed
     ``f_start``, default 0, as Watson, Cherry & Lang do; F is then evaluated at the unrolled
     iterate, which needs enough steps to reach the inner tolerance). Returns J̃ and the CG
     iterations spent (the implicit solve for all P right-hand sides runs as one batched CG).
     Columns follow the free frames in order, p parameters each.
     """
+    J, iterations, _ = _reduced_jacobian(
+        problem,
+        w,
+        f,
+        jacobian,
+        rtol=rtol,
+        max_iter=max_iter,
+        unrolled_iterations=unrolled_iterations,
+        f_start=f_start,
+        df_start=df_start,
+    )
+    return J, iterations
+
+
+def _reduced_jacobian(
+    problem, w, f, jacobian, *, rtol, max_iter, unrolled_iterations, f_start, df_start
+):
+    """:func:`reduced_jacobian`, also returning df/dw (P, n_f) for the next warm start."""
     if jacobian not in JACOBIANS:
         raise ValueError(f"jacobian must be one of {JACOBIANS}, got {jacobian!r}")
     w = problem.check_w(w)
@@ -450,13 +680,18 @@ def reduced_jacobian(
         z, Z = k["unrolled_start"](w, start, V, *data)
         for _ in range(unrolled_iterations):
             z, Z = k["unrolled_step"](z, Z, w, *data)
-        return xp.matrix_transpose(k["unrolled_columns"](z, Z, w, *data)), unrolled_iterations
+        J = xp.matrix_transpose(k["unrolled_columns"](z, Z, w, *data))
+        return J, unrolled_iterations, None
     if jacobian == "partial":
         DF = xp.zeros((V.shape[0], f.shape[0]), dtype=f.dtype, device=array_api_compat.device(f))
     else:
         M = (k["mixed"] if jacobian == "implicit" else k["mixed_kaufman"])(w, f, V, *data)
-        DF, iterations, _ = _batched_cg(problem, w, -M, xp.zeros_like(M), rtol, max_iter)
-    return xp.matrix_transpose(k["columns"](w, f, V, DF, *data)), iterations
+        if df_start is None:
+            df_start = xp.zeros_like(M)
+        elif tuple(df_start.shape) != tuple(M.shape):
+            raise ValueError(f"df_start must have shape {tuple(M.shape)}, got {df_start.shape}")
+        DF, iterations, _ = _batched_cg(problem, w, -M, df_start, rtol, max_iter)
+    return xp.matrix_transpose(k["columns"](w, f, V, DF, *data)), iterations, DF
 
 
 # ---------------------------------------------------------------------------- batched GN
@@ -525,15 +760,17 @@ class _Inner:
     """The inner solution at the last w asked for, warm-starting the next solve (held by one
     call of :func:`varpro`, never shared)."""
 
-    def __init__(self, problem, w0, f0, rtol, max_iter):
+    def __init__(self, problem, w0, f0, rtol, max_iter, solver="cg"):
         self.problem, self.w0, self.f, self.rtol, self.max_iter = problem, w0, f0, rtol, max_iter
-        self.key, self.iterations = None, 0
+        self.solver, self.key, self.iterations = solver, None, 0
 
     def at(self, x: Array) -> Array:
         """f(w) at the free parameters x (re-solved only when x is a new array)."""
         if self.key is not x:
             w = _assemble(self.problem, self.w0, x)
-            s = solve_linear(self.problem, w, self.f, rtol=self.rtol, max_iter=self.max_iter)
+            s = solve_linear(
+                self.problem, w, self.f, rtol=self.rtol, max_iter=self.max_iter, solver=self.solver
+            )
             self.f, self.key = s.f, x
             self.iterations += s.iterations
         return self.f
@@ -563,6 +800,9 @@ def varpro(
     jacobian: str = "implicit",
     inner_rtol: float = 1e-8,
     inner_max_iter: int = 500,
+    inner_solver: str = "cg",
+    jacobian_rtol: float | None = None,
+    matrix_free: bool = False,
     unrolled_iterations: int = 50,
     max_iter: int = 20,
     tol_j: float = 1e-6,
@@ -574,22 +814,42 @@ def varpro(
     """Variable projection: Gauss–Newton on Φ(w, f(w)) over the free frames' parameters.
 
     Golub & Pereyra (1973, 2003); Kaufman (1975); O'Leary & Rust (2013). Each evaluation solves
-    the inner problem (:func:`solve_linear`, warm-started from the last one, to ``inner_rtol``);
-    the Gauss–Newton matrix is J̃ᵀJ̃ with J̃ from :func:`reduced_jacobian` (``jacobian``), and
-    the gradient is the envelope gradient J_wᵀF. The outer loop is
-    :func:`multireg.optimize.gauss_newton` (Armijo, FAIR's stopping rules with ``tol_j``,
-    ``tol_y``, ``tol_g``, ``max_iter``); non-convergence is reported, never raised.
+    the inner problem (:func:`solve_linear` with ``inner_solver``, warm-started from the last
+    one, to ``inner_rtol``); the Gauss–Newton matrix is J̃ᵀJ̃ with J̃ from
+    :func:`reduced_jacobian` (``jacobian``; the batched CG of ``"implicit"`` and ``"kaufman"``
+    runs to ``jacobian_rtol``, default ``inner_rtol``, warm-started at the previous outer
+    iteration's df/dw: the Jacobian only shapes the step, the gradient is exact), and the
+    gradient is the envelope gradient J_wᵀF.
+
+    ``matrix_free=True`` (``"implicit"`` and ``"kaufman"`` only; the unrolled and partial
+    Jacobians are always formed, by P forward-mode columns): J̃ is never formed; the
+    Gauss–Newton system is solved by the outer optimiser's PCG (Jacobi-preconditioned with
+    diag J_wᵀJ_w, to its relative residual 0.1) with products J̃ᵀJ̃ v that cost one inner
+    solve per Jacobian product, J̃ v = J_w v − J_f N⁻¹ M v and J̃ᵀu = J_wᵀu − Mᵀ N⁻¹ J_fᵀ u
+    (M = ∂_w ∇_f Φ, by jvp and vjp of the vjp ∇_f Φ; N = J_fᵀJ_f; Kaufman needs only the
+    first, as its J̃ v is orthogonal to the range of J_f). Memory is that of one inner solve;
+    the cost per outer iteration is (1 or 2)·(PCG steps) inner solves instead of P.
+
+    The outer loop is :func:`multireg.optimize.gauss_newton` (Armijo, FAIR's stopping rules
+    with ``tol_j``, ``tol_y``, ``tol_g``, ``max_iter``); non-convergence is reported, never
+    raised.
     """
     if jacobian not in JACOBIANS:
         raise ValueError(f"jacobian must be one of {JACOBIANS}, got {jacobian!r}")
     _check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
+    _checks.choice("inner_solver", inner_solver, INNER_SOLVERS)
+    jacobian_rtol = inner_rtol if jacobian_rtol is None else jacobian_rtol
+    _check_tolerances(jacobian_rtol, inner_max_iter, "jacobian_rtol", "inner_max_iter")
     if isinstance(unrolled_iterations, bool) or not isinstance(unrolled_iterations, int):
         raise ValueError(f"unrolled_iterations must be an integer, got {unrolled_iterations!r}")
+    if not isinstance(matrix_free, bool):
+        raise TypeError(f"matrix_free must be True or False, not {matrix_free!r}")
     w0 = problem.check_w(w0)
     f0 = problem.check_f(f0, w0)
     bk, k, data = problem.bk, problem.kernels, problem.data
-    inner = _Inner(problem, w0, f0, inner_rtol, inner_max_iter)
+    inner = _Inner(problem, w0, f0, inner_rtol, inner_max_iter, inner_solver)
     jac_iterations = [0]
+    df_dw = [None]  # the last df/dw: the next Jacobian solve's warm start
     timings = {"jacobian": 0.0}
 
     def value(x):
@@ -604,14 +864,29 @@ def varpro(
     def hessian(x):
         t = time.perf_counter()
         w = _assemble(problem, w0, x)
-        J, it = reduced_jacobian(
+        if matrix_free and jacobian in ("implicit", "kaufman"):
+            op = _reduced_gauss_newton(
+                problem, w, inner.at(x), jacobian, jacobian_rtol, inner_max_iter, jac_iterations
+            )
+
+            def matvec(v):
+                t = time.perf_counter()
+                out = op.matvec(v)
+                timings["jacobian"] += time.perf_counter() - t
+                return out
+
+            timings["jacobian"] += time.perf_counter() - t
+            return LinearOperator(matvec=matvec, diagonal=op.diagonal)
+        J, it, df_dw[0] = _reduced_jacobian(
             problem,
             w,
             inner.at(x),
             jacobian,
-            rtol=inner_rtol,
+            rtol=jacobian_rtol,
             max_iter=inner_max_iter,
             unrolled_iterations=unrolled_iterations,
+            f_start=None,
+            df_start=df_dw[0],
         )
         jac_iterations[0] += it
         H = _gram(J)
@@ -648,6 +923,43 @@ def varpro(
     )
 
 
+def _reduced_gauss_newton(
+    problem: SeparableProblem,
+    w: Array,
+    f: Array,
+    jacobian: str,
+    rtol: float,
+    max_iter: int,
+    counter: list[int],
+) -> LinearOperator:
+    """The reduced Gauss–Newton matrix J̃ᵀJ̃ over the free parameters as a matrix-free operator
+    (implicit or Kaufman J̃): each product runs inner solves N⁻¹ (CG to ``rtol``) for
+    J̃ v = J_w v − J_f N⁻¹ M v and J̃ᵀu = J_wᵀu − Mᵀ N⁻¹ J_fᵀu, with M = ∂_w ∇_f Φ (implicit:
+    two solves) or J_fᵀJ_w (Kaufman: J_fᵀJ̃ v = 0, one solve). Its diagonal attribute is
+    diag J_wᵀJ_w (a Jacobi preconditioner; J̃ᵀJ̃ ≤ J_wᵀJ_w). CG steps go to ``counter[0]``."""
+    xp, k, data = problem.bk.xp, problem.kernels, problem.data
+    mixed = k["mixed"] if jacobian == "implicit" else k["mixed_kaufman"]
+    zero_w, zero_f = xp.zeros_like(w), xp.zeros_like(f)[None, :]
+
+    def solve(b):
+        X, it, _ = _batched_cg(problem, w, b[None, :], zero_f, rtol, max_iter)
+        counter[0] += it
+        return X[0, :]
+
+    def matvec(x):
+        v = _assemble(problem, zero_w, x)
+        df = -solve(mixed(w, f, v[None, :, :], *data)[0, :])
+        Jv = k["columns"](w, f, v[None, :, :], df[None, :], *data)[0, :]
+        g = k["w_pullback"](w, f, Jv, *data)
+        if jacobian == "implicit":
+            g = g - k["mixed_t"](w, f, solve(k["op_t"](w, f, Jv, None, None, *data)), *data)
+        # Kaufman: J̃ v = P⊥J_w v is orthogonal to the range of J_f, so J̃ᵀJ̃ v = J_wᵀJ̃ v
+        return _free(problem, g)
+
+    H, _ = k["w_blocks"](w, f, *data)
+    return LinearOperator(matvec=matvec, diagonal=_free(problem, xp.linalg.diagonal(H)))
+
+
 def _gram(J: Array) -> Array:
     """JᵀJ."""
     xp = array_api_compat.array_namespace(J)
@@ -661,6 +973,7 @@ def bcd(
     *,
     inner_rtol: float = 1e-8,
     inner_max_iter: int = 500,
+    inner_solver: str = "cg",
     max_iter: int = 20,
     tol_j: float = 1e-6,
     tol_y: float = 1e-4,
@@ -670,7 +983,8 @@ def bcd(
     verbose: bool = False,
 ) -> SeparableResult:
     """Block coordinate descent (LAP's CoordDescent, arXiv:1705.09992 §3): per iteration, f by
-    the inner solve at the current w (warm-started), then one Gauss–Newton step in w at frozen
+    the inner solve (``inner_solver``) at the current w (warm-started), then one Gauss–Newton
+    step in w at frozen
     f, frame by frame (p×p blocks, batched Cholesky) with Armijo backtracking on Φ.
 
     Stops when the relative decrease of Φ is below ``tol_j``, the step in w below
@@ -678,16 +992,16 @@ def bcd(
     iterations (status ``MAX_ITERATIONS``); a failed line search gives
     ``LINE_SEARCH_FAILED``. Nothing is raised on non-convergence.
     """
-    from multireg.optimize import Record
-
     _check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
     _check_tolerances(tol_j, max_iter, "tol_j", "max_iter")
+    _checks.choice("inner_solver", inner_solver, INNER_SOLVERS)
+    inner = dict(rtol=inner_rtol, max_iter=inner_max_iter, solver=inner_solver)
     w = problem.check_w(w0)
     f = problem.check_f(f0, w)
     bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
     start = time.perf_counter()
     inner_total = 0
-    s = solve_linear(problem, w, f, rtol=inner_rtol, max_iter=inner_max_iter)
+    s = solve_linear(problem, w, f, **inner)
     f, inner_total = s.f, inner_total + s.iterations
     fun = problem.value(w, f)
     j_stop = fun
@@ -725,7 +1039,7 @@ def bcd(
             break
         step_norm = t * _host(bk, xp.linalg.vector_norm(xp.reshape(d, (-1,))))[0]
         w = trial
-        s = solve_linear(problem, w, f, rtol=inner_rtol, max_iter=inner_max_iter)
+        s = solve_linear(problem, w, f, **inner)
         f, inner_total = s.f, inner_total + s.iterations
         fun_old, fun = fun, problem.value(w, f)
         nfev += 1
@@ -760,4 +1074,491 @@ def bcd(
         inner_iterations=inner_total,
         jacobian_iterations=0,
         timings={"total": total},
+    )
+
+
+# ------------------------------------------------------------- joint (w, f) Gauss–Newton
+
+
+def _tri_lower(L: Array, b: Array) -> Array:
+    """x with L[k] x[k] = b[k] (L lower triangular, (K, p, p); b (K, p)): forward substitution."""
+    xp = array_api_compat.array_namespace(L, b)
+    x = []
+    for i in range(L.shape[-1]):
+        s = b[:, i] - sum((L[:, i, j] * x[j] for j in range(i)), start=xp.zeros_like(b[:, i]))
+        x.append(s / L[:, i, i])
+    return xp.stack(x, axis=1)
+
+
+def _tri_upper_t(L: Array, b: Array) -> Array:
+    """x with L[k]ᵀ x[k] = b[k] (L lower triangular): back substitution."""
+    xp = array_api_compat.array_namespace(L, b)
+    p = L.shape[-1]
+    x = [None] * p
+    for i in reversed(range(p)):
+        s = b[:, i] - sum(
+            (L[:, j, i] * x[j] for j in range(i + 1, p)), start=xp.zeros_like(b[:, i])
+        )
+        x[i] = s / L[:, i, i]
+    return xp.stack(x, axis=1)
+
+
+def _fixed_mask(problem: SeparableProblem, like: Array) -> Array:
+    xp = problem.bk.xp
+    return xp.asarray(
+        [k in problem.fixed for k in range(problem.n_frames)],
+        dtype=xp.bool,
+        device=array_api_compat.device(like),
+    )
+
+
+def _frame_factors(problem: SeparableProblem, Jb: Array) -> tuple[Array, Array, Array]:
+    """The frame blocks J_k of J_w with the fixed frames' set to 0, G_k = J_kᵀJ_k (+ 1e-12 of
+    its largest diagonal entry, so that a frame that sees nothing stays solvable; I for fixed
+    frames) and the lower Cholesky factor L_k of G_k."""
+    xp = problem.bk.xp
+    fixed = _fixed_mask(problem, Jb)
+    Jb = xp.where(fixed[:, None, None], 0.0, Jb)
+    p = Jb.shape[2]
+    eye = xp.eye(p, dtype=Jb.dtype, device=array_api_compat.device(Jb))
+    G = xp.sum(Jb[:, :, :, None] * Jb[:, :, None, :], axis=1)
+    scale = xp.max(xp.abs(xp.linalg.diagonal(G)), axis=1)
+    G = G + (1e-12 * scale + xp.where(scale > 0, 0.0, 1.0))[:, None, None] * eye
+    G = xp.where(fixed[:, None, None], eye, G)
+    return Jb, G, xp.linalg.cholesky(G)
+
+
+def _frame_basis(Jb: Array, L: Array) -> Array:
+    """Q_k = J_k L_k⁻ᵀ (N, q, p): orthonormal columns spanning each frame's J_w block, so that
+    P⊥ = I − Q_k Q_kᵀ = I − J_k G_k⁻¹ J_kᵀ (forward substitution over the p columns)."""
+    xp = array_api_compat.array_namespace(Jb, L)
+    Q = []
+    for i in range(Jb.shape[2]):
+        s = Jb[:, :, i] - sum(
+            (L[:, i, j, None] * Q[j] for j in range(i)), start=xp.zeros_like(Jb[:, :, i])
+        )
+        Q.append(s / L[:, i, i, None])
+    return xp.stack(Q, axis=2)
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float] | None:
+    if bounds is None:
+        return None
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"bounds must be None or a pair (lo, hi) of numbers, got {bounds!r}"
+        ) from None
+    if not lo < hi:
+        raise ValueError(f"bounds must have lo < hi, got {bounds!r}")
+    return lo, hi
+
+
+def _lap_step(problem, w, f, lin, mask, solver, rtol, max_iter):
+    """LAP's step (Herring, Nagy & Ruthotto 2018, §3): with r + J_w δw + A δf linearised at
+    (w, f), δw_k = −G_k⁻¹ J_kᵀ (r_k + (A δf)_k) minimises over δw for any δf; substituted,
+    δf solves min ‖P⊥(r + A δf)‖² + ‖L(f + δf)‖² (on the free image variables), by CG on its
+    normal equations or by LSQR on the stacked projected system."""
+    bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
+    F, F0, Jb, _, _ = lin
+    Jb, G, Lc = _frame_factors(problem, Jb)
+    Q = _frame_basis(Jb, Lc)
+    if solver == "cg":
+        b = -k["op_t"](w, f, F, Q, mask, *data)
+        df, it, _ = _pcg(
+            bk,
+            lambda u: k["normal_op"](w, u, Q, mask, *data),
+            b,
+            rtol=rtol,
+            max_iter=max_iter,
+        )
+    else:
+
+        def At(v):
+            return k["op_t"](w, f, v, Q, mask, *data)
+
+        b = -k["project"](F, Q)
+        (scale,) = _host(bk, xp.linalg.vector_norm(At(b)))
+        df, it, _ = _lsqr(
+            bk,
+            lambda u: k["op"](w, u, F0, Q, mask, *data),
+            At,
+            b,
+            rtol=rtol,
+            max_iter=max_iter,
+            scale=scale,
+        )
+    if mask is not None:
+        df = mask * df
+    nd = Jb.shape[0] * Jb.shape[1]
+    r_lin = xp.reshape(F[:nd] + k["op"](w, df, F0, None, None, *data)[:nd], Jb.shape[:2])
+    dw = -cholesky_solve(G, xp.sum(Jb * r_lin[:, :, None], axis=1))
+    return dw, df, it
+
+
+def _full_step(problem, w, f, lin, mask, solver, rtol, max_iter, f_scale):
+    """The joint Gauss–Newton step: JᵀJ [δw; δf] = −JᵀF with J = [J_w J_f], by CG
+    preconditioned with the block diagonal diag(G_1 … G_N, s·I) (the exact p×p frame blocks
+    of J_wᵀJ_w, Cholesky; s ≈ mean diagonal of J_fᵀJ_f), or by LSQR on J M⁻¹ with
+    M = diag(L_1ᵀ … L_Nᵀ, √s·I) (the same scaling, applied to the columns)."""
+    bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
+    F, F0, Jb, gw, gf = lin
+    Jb, G, Lc = _frame_factors(problem, Jb)
+    gw = xp.where(_fixed_mask(problem, gw)[:, None], 0.0, gw)
+    N, p = Jb.shape[0], Jb.shape[2]
+    nw = N * p
+
+    def split(z):
+        return xp.reshape(z[:nw], (N, p)), z[nw:]
+
+    if solver == "cg":
+
+        def precond(z):
+            zw, zf = split(z)
+            return xp.concat([xp.reshape(cholesky_solve(G, zw), (-1,)), zf / f_scale])
+
+        rhs = -xp.concat([xp.reshape(gw, (-1,)), gf if mask is None else mask * gf])
+        z, it, _ = _pcg(
+            bk,
+            lambda z: k["joint_normal"](w, z, Jb, mask, *data),
+            rhs,
+            rtol=rtol,
+            max_iter=max_iter,
+            precond=precond,
+        )
+    else:
+        root = math.sqrt(f_scale)
+
+        def Minv(y):
+            yw, yf = split(y)
+            return xp.concat([xp.reshape(_tri_upper_t(Lc, yw), (-1,)), yf / root])
+
+        def Minv_t(x):
+            xw, xf = split(x)
+            return xp.concat([xp.reshape(_tri_lower(Lc, xw), (-1,)), xf / root])
+
+        def At(v):
+            return Minv_t(k["joint_adjoint"](w, f, v, Jb, mask, *data))
+
+        (scale,) = _host(bk, xp.linalg.vector_norm(At(F)))
+        y, it, _ = _lsqr(
+            bk,
+            lambda y: k["joint_forward"](w, Minv(y), F0, Jb, mask, *data),
+            At,
+            -F,
+            rtol=rtol,
+            max_iter=max_iter,
+            scale=scale,
+        )
+        z = Minv(y)
+    dw, df = split(z)
+    return dw, (df if mask is None else mask * df), it
+
+
+def _mean_diagonal(problem: SeparableProblem, w: Array, f: Array, probes: int = 4) -> float:
+    """trace(J_fᵀJ_f)/n_f by Hutchinson's estimator with fixed Rademacher probes (the same on
+    every backend): the scale of the image block in :func:`full_gauss_newton`'s
+    preconditioner (M. F. Hutchinson, Commun. Stat. Simul. Comput. 18 (1989) 1059–1076)."""
+    bk, k = problem.bk, problem.kernels
+    Z = np.random.default_rng(0).choice([-1.0, 1.0], size=(probes, problem.n_f))
+    total = 0.0
+    for z in Z:
+        zb = bk.asarray(z, dtype=f.dtype, device=array_api_compat.device(f))
+        total += _host(bk, bk.xp.sum(zb * k["normal_op"](w, zb, None, None, *problem.data)))[0]
+    return max(total / (probes * problem.n_f), 1e-300)
+
+
+def _joint(
+    problem: SeparableProblem,
+    w0: Array,
+    f0: Array | None,
+    name: str,
+    step: Callable,
+    *,
+    bounds: Any,
+    inner_solver: str,
+    inner_rtol: float,
+    inner_max_iter: int,
+    max_iter: int,
+    tol_j: float,
+    tol_y: float,
+    tol_g: float,
+    ls_max_trials: int,
+    callback: Callable | None,
+    verbose: bool,
+    setup: Callable | None = None,
+) -> SeparableResult:
+    """The outer loop of :func:`lap` and :func:`full_gauss_newton`: (projected) Gauss–Newton
+    on (w, f) with Armijo backtracking, stopping rules as in :func:`bcd`."""
+    _check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
+    _check_tolerances(tol_j, max_iter, "tol_j", "max_iter")
+    _check_tolerances(tol_y, 0, "tol_y", "max_iter")
+    _check_tolerances(tol_g, 0, "tol_g", "max_iter")
+    if isinstance(ls_max_trials, bool) or not isinstance(ls_max_trials, int) or ls_max_trials < 1:
+        raise ValueError(f"ls_max_trials must be an integer >= 1, got {ls_max_trials!r}")
+    _checks.choice("inner_solver", inner_solver, INNER_SOLVERS)
+    box = _check_bounds(bounds)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable or None")
+    w = problem.check_w(w0)
+    bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
+    start = time.perf_counter()
+    inner_total = 0
+    if f0 is None:
+        s = solve_linear(
+            problem, w, None, rtol=inner_rtol, max_iter=inner_max_iter, solver=inner_solver
+        )
+        f, inner_total = s.f, s.iterations
+    else:
+        f = problem.check_f(f0, w)
+    if box is not None:
+        f = xp.clip(f, min=box[0], max=box[1])
+    fixed = _fixed_mask(problem, w)
+    if box is not None:
+        width = box[1] - box[0]
+        eps0 = 1e-3 * width if math.isfinite(width) else 1e-3
+    context = None if setup is None else setup(w, f)
+    fun = problem.value(w, f)
+    j_stop = fun
+    w_norm, f_norm = _host(
+        bk, xp.stack([xp.linalg.vector_norm(xp.reshape(w, (-1,))), xp.linalg.vector_norm(f)])
+    )
+    history: list[Record] = []
+    status, message, it, nfev = Status.MAX_ITERATIONS, "", 0, 1
+    dw_norm = df_norm = t = 0.0
+    fun_old, cg_its = fun, 0
+    while True:
+        F, F0, Jb, gw, gf = k["linearise"](w, f, *data)
+        gw = xp.where(fixed[:, None], 0.0, gw)
+        mask = None
+        if box is not None:
+            # Bertsekas' ε-active set: within ε of a bound, ε = min(ε0, ‖f − P(f − ∇_f Φ)‖∞),
+            # so that variables about to hit a bound are frozen before the step is clipped
+            eps = xp.minimum(xp.max(xp.abs(f - xp.clip(f - gf, min=box[0], max=box[1]))), eps0)
+            active = ((f <= box[0] + eps) & (gf > 0)) | ((f >= box[1] - eps) & (gf < 0))
+            mask = xp.where(active, 0.0, 1.0)
+        g_free = gf if mask is None else mask * gf
+        (grad_norm,) = _host(bk, xp.sqrt(xp.sum(gw * gw) + xp.sum(g_free * g_free)))
+        rec = Record(
+            it,
+            fun,
+            grad_norm,
+            math.hypot(dw_norm, df_norm),
+            t,
+            cg_its,
+            time.perf_counter() - start,
+        )
+        history.append(rec)
+        if verbose:
+            print(
+                f"{name} it={it:3d} J={fun:.6e} |dJ|={grad_norm:.3e} "
+                f"|dw|={dw_norm:.2e} |df|={df_norm:.2e} t={t:.3g} inner={cg_its}"
+            )
+        if callback is not None:
+            callback(rec)
+        if not (math.isfinite(fun) and math.isfinite(grad_norm)):
+            status, message = (
+                Status.NOT_FINITE,
+                f"Φ or its gradient is not finite at iteration {it}",
+            )
+            break
+        if grad_norm <= 1e6 * float(np.finfo(np.float64).eps):
+            status, message = Status.CONVERGED, "gradient vanishes"
+            break
+        if (
+            it > 0
+            and abs(fun_old - fun) <= tol_j * (1 + abs(j_stop))
+            and dw_norm <= tol_y * (1 + w_norm)
+            and df_norm <= tol_y * (1 + f_norm)
+            and grad_norm <= tol_g * (1 + abs(j_stop))
+        ):
+            status, message = Status.CONVERGED, "stopping rules hold"
+            break
+        if it >= max_iter:
+            message = f"stopped at max_iter = {max_iter}"
+            break
+        lin = (F, F0, Jb, gw, gf)
+        dw, df, cg_its = step(w, f, lin, mask, context)
+        dw = xp.where(fixed[:, None], 0.0, dw)
+        inner_total += cg_its
+        t, accepted = 1.0, False
+        for _ in range(ls_max_trials):
+            w_t = w + t * dw
+            f_t = f + t * df
+            if box is not None:
+                f_t = xp.clip(f_t, min=box[0], max=box[1])
+            # projected Armijo (Bertsekas 1982): the slope along the projected path
+            slope = xp.sum(gw * (w_t - w)) + xp.sum(gf * (f_t - f))
+            trial_fun, trial_slope = _host(bk, xp.stack([k["value"](w_t, f_t, *data)[0], slope]))
+            nfev += 1
+            if (
+                math.isfinite(trial_fun)
+                and trial_slope < 0
+                and trial_fun <= fun + 1e-4 * trial_slope
+            ):
+                accepted = True
+                break
+            t /= 2
+        if not accepted:
+            status = Status.LINE_SEARCH_FAILED
+            message = f"no sufficient decrease along the step of iteration {it + 1}"
+            t = 0.0
+            break
+        dw_norm, df_norm = _host(
+            bk,
+            xp.stack(
+                [xp.linalg.vector_norm(xp.reshape(w_t - w, (-1,))), xp.linalg.vector_norm(f_t - f)]
+            ),
+        )
+        w, f, fun_old, fun = w_t, f_t, fun, trial_fun
+        it += 1
+    total = time.perf_counter() - start
+    res = Result(
+        x=_free(problem, w),
+        fun=fun,
+        grad_norm=history[-1].grad_norm,
+        iterations=it,
+        nfev=nfev,
+        status=status,
+        message=f"{name}: {message}",
+        history=tuple(history),
+        timings={"total": total},
+    )
+    return SeparableResult(
+        w=w,
+        f=f,
+        result=res,
+        inner_iterations=inner_total,
+        jacobian_iterations=0,
+        timings={"total": total},
+    )
+
+
+def lap(
+    problem: SeparableProblem,
+    w0: Array,
+    f0: Array | None = None,
+    *,
+    bounds: tuple[float, float] | None = None,
+    inner_solver: str = "cg",
+    inner_rtol: float = 1e-3,
+    inner_max_iter: int = 200,
+    max_iter: int = 20,
+    tol_j: float = 1e-6,
+    tol_y: float = 1e-4,
+    tol_g: float = 1e-4,
+    ls_max_trials: int = 10,
+    callback: Callable | None = None,
+    verbose: bool = False,
+) -> SeparableResult:
+    """LAP, linearise and project (J. L. Herring, J. G. Nagy and L. Ruthotto,
+    arXiv:1705.09992, §3): Gauss–Newton on the joint (w, f) where each step eliminates δw.
+
+    At (w, f) the residual is linearised, F + J_w δw + J_f δf. For any δf the best δw is, frame
+    by frame, δw_k = −G_k⁻¹J_kᵀ(r_k + (A δf)_k) with G_k = J_kᵀJ_k (p×p, batched Cholesky);
+    substituted, δf solves the projected regularised least squares
+    min ‖P⊥(r + A δf)‖² + ‖L(f + δf)‖², P⊥ = I − J_k G_k⁻¹ J_kᵀ applied blockwise, matrix-free
+    by CG on its normal equations or LSQR (``inner_solver``) from δf = 0 to the relative
+    normal-equation residual ``inner_rtol`` (at most ``inner_max_iter`` steps: an inexact
+    Gauss–Newton step); then δw is recovered and an Armijo search (c = 1e-4, halving,
+    ``ls_max_trials``) runs on the joint step. The step is the exact joint Gauss–Newton step
+    (the Schur complement of the block-diagonal w part), computed on a smaller, better
+    conditioned system than :func:`full_gauss_newton`'s.
+
+    ``bounds=(lo, hi)`` on f: projected Gauss–Newton as LAP does for f ∈ [0, 1]: f0 is
+    projected onto the box; image variables at a bound whose gradient points out of the box
+    are frozen (the active set) and the step is computed on the rest; trial points are
+    projected onto the box and the Armijo test uses the slope along the projected path
+    (Bertsekas, SIAM J. Control Optim. 20 (1982) 221–246).
+
+    ``f0=None``: the inner solution at ``w0`` (:func:`solve_linear`). Stopping as in
+    :func:`bcd`: |ΔΦ| ≤ ``tol_j``(1 + Φ0), ‖Δw‖ ≤ ``tol_y``(1 + ‖w0‖) and ‖Δf‖ ≤
+    ``tol_y``(1 + ‖f0‖) (each block against its own scale, not LAP's joint one that the image
+    dominates), ‖(∇_w Φ, ∇_f Φ)‖ (projected) ≤ ``tol_g``(1 + Φ0); statuses ``MAX_ITERATIONS``,
+    ``LINE_SEARCH_FAILED``, ``NOT_FINITE`` are reported, never raised. ``inner_iterations`` of
+    the result counts every CG/LSQR step (the first inner solve included).
+    """
+
+    def step(w, f, lin, mask, context):
+        return _lap_step(problem, w, f, lin, mask, inner_solver, inner_rtol, inner_max_iter)
+
+    return _joint(
+        problem,
+        w0,
+        f0,
+        "lap",
+        step,
+        bounds=bounds,
+        inner_solver=inner_solver,
+        inner_rtol=inner_rtol,
+        inner_max_iter=inner_max_iter,
+        max_iter=max_iter,
+        tol_j=tol_j,
+        tol_y=tol_y,
+        tol_g=tol_g,
+        ls_max_trials=ls_max_trials,
+        callback=callback,
+        verbose=verbose,
+    )
+
+
+def full_gauss_newton(
+    problem: SeparableProblem,
+    w0: Array,
+    f0: Array | None = None,
+    *,
+    bounds: tuple[float, float] | None = None,
+    inner_solver: str = "cg",
+    inner_rtol: float = 1e-3,
+    inner_max_iter: int = 500,
+    max_iter: int = 20,
+    tol_j: float = 1e-6,
+    tol_y: float = 1e-4,
+    tol_g: float = 1e-4,
+    ls_max_trials: int = 10,
+    callback: Callable | None = None,
+    verbose: bool = False,
+) -> SeparableResult:
+    """Gauss–Newton on the joint (w, f) (LAP's FULL, arXiv:1705.09992 §3; Nocedal & Wright,
+    2nd ed., §10.3): each step solves [J_w J_f]ᵀ[J_w J_f] [δw; δf] = −[J_w J_f]ᵀF matrix-free.
+
+    The joint system is solved as a whole, by CG (``inner_solver="cg"``) preconditioned with
+    its block diagonal diag(G_1 … G_N, s·I) — the exact p×p frame blocks G_k = J_kᵀJ_k of the
+    w part (batched Cholesky) and s·I for the image part, s = trace(J_fᵀJ_f)/n_f estimated
+    once at the start by Hutchinson's estimator — or by LSQR on the stacked system with the
+    same scaling on the columns (``"lsqr"``). The Schur complement, eliminating the w blocks
+    exactly, is deliberately not used: it gives LAP's projected system, so :func:`lap` is that
+    variant; here the coupled system is kept, which is the comparison LAP's paper makes (the
+    joint system is the worse conditioned one). ``bounds``, Armijo, stopping rules, statuses
+    and ``f0=None`` as in :func:`lap`; ``inner_rtol`` is the relative residual of the joint
+    (preconditioned, for LSQR) normal equations.
+    """
+
+    def setup(w, f):
+        return _mean_diagonal(problem, w, f)
+
+    def step(w, f, lin, mask, f_scale):
+        return _full_step(
+            problem, w, f, lin, mask, inner_solver, inner_rtol, inner_max_iter, f_scale
+        )
+
+    return _joint(
+        problem,
+        w0,
+        f0,
+        "full",
+        step,
+        bounds=bounds,
+        inner_solver=inner_solver,
+        inner_rtol=inner_rtol,
+        inner_max_iter=inner_max_iter,
+        max_iter=max_iter,
+        tol_j=tol_j,
+        tol_y=tol_y,
+        tol_g=tol_g,
+        ls_max_trials=ls_max_trials,
+        callback=callback,
+        verbose=verbose,
+        setup=setup,
     )

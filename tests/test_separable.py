@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from multireg import separable, superres
+from multireg.optimize import Status
 from multireg.testing import adjoint_mismatch
 from tests.conftest import assert_close
 
@@ -141,6 +142,154 @@ def test_reduced_gradient_is_partial_gradient(setup, fd_jacobian):
     assert_close(bk, g, fd_jacobian.T @ F, rtol=1e-6)
 
 
+def test_lsqr_and_cg_give_the_same_inner_solution(setup):
+    """LSQR on [A; L] and CG on the normal equations reach the same f, warm starts included."""
+    problem, w, inner = setup
+    bk = problem.bk
+    lsqr = separable.solve_linear(problem, w, rtol=1e-12, max_iter=1000, solver="lsqr")
+    assert lsqr.converged and lsqr.iterations > 10
+    f_cg, f_lsqr = bk.to_numpy(inner.f), bk.to_numpy(lsqr.f)
+    # both stop at ‖∇_f Φ‖ ≤ 1e-12‖Aᵀr(w, 0)‖; the Tikhonov matrix's condition number here is
+    # ~1e3, so the iterates agree to ~1e-9 relative
+    assert np.linalg.norm(f_lsqr - f_cg) <= 1e-9 * np.linalg.norm(f_cg)
+    warm = separable.solve_linear(problem, w, inner.f, rtol=1e-10, solver="lsqr")
+    assert warm.iterations == 0 and warm.converged
+    # a warm start from a perturbed f solves for the correction: fewer steps than from zero
+    rng = np.random.default_rng(5)
+    near = inner.f + bk.asarray(1e-6 * rng.normal(size=problem.n_f))
+    cold = separable.solve_linear(problem, w, rtol=1e-10, solver="lsqr")
+    warm = separable.solve_linear(problem, w, near, rtol=1e-10, solver="lsqr")
+    assert warm.converged and warm.iterations < cold.iterations
+    assert np.linalg.norm(bk.to_numpy(warm.f) - f_cg) <= 1e-8 * np.linalg.norm(f_cg)
+    capped = separable.solve_linear(problem, w, rtol=1e-12, max_iter=4, solver="lsqr")
+    assert not capped.converged and capped.iterations == 4 and capped.residual_norm > 1e-12
+
+
+def test_warm_started_jacobian_solve(setup):
+    """The implicit Jacobian's batched solve started at its own answer needs no iteration."""
+    problem, w, inner = setup
+    J, its, DF = separable._reduced_jacobian(
+        problem,
+        w,
+        inner.f,
+        "implicit",
+        rtol=1e-10,
+        max_iter=500,
+        unrolled_iterations=0,
+        f_start=None,
+        df_start=None,
+    )
+    J2, its2 = separable.reduced_jacobian(problem, w, inner.f, "implicit", rtol=1e-10, df_start=DF)
+    assert its > 5 and its2 == 0
+    assert_close(problem.bk, J2, problem.bk.to_numpy(J), rtol=1e-12)
+
+
+@pytest.mark.parametrize("jacobian", ["implicit", "kaufman"])
+def test_matrix_free_gauss_newton_matrix(setup, jacobian):
+    """The matrix-free reduced Gauss–Newton products (one inner solve per Jacobian product)
+    equal J̃ᵀJ̃ v with the formed J̃."""
+    problem, w, inner = setup
+    bk = problem.bk
+    J, _ = separable.reduced_jacobian(problem, w, inner.f, jacobian, rtol=1e-12)
+    J = bk.to_numpy(J)
+    counter = [0]
+    op = separable._reduced_gauss_newton(problem, w, inner.f, jacobian, 1e-12, 1000, counter)
+    v = np.random.default_rng(4).normal(size=J.shape[1])
+    expected = J.T @ (J @ v)
+    assert_close(bk, op.matvec(bk.asarray(v)), expected, rtol=1e-10)
+    diagonal = bk.to_numpy(op.diagonal)  # the preconditioner diag J_wᵀJ_w ≥ diag J̃ᵀJ̃
+    assert diagonal.shape == (J.shape[1],) and np.all(diagonal >= np.diag(J.T @ J) * (1 - 1e-10))
+    assert counter[0] > 0
+
+
+def _dense_joint(problem, w, f):
+    """F(w, f) and the dense Jacobian [J_w (free frames) | J_f] of the stacked residual."""
+    bk, xp = problem.bk, problem.bk.xp
+    nw = len(problem.free) * problem.n_params
+
+    def F(z):
+        w_full = separable._assemble(problem, w, z[:nw])
+        return problem.kernels["stacked"](w_full, z[nw:], *problem.data)
+
+    z = xp.concat([separable._free(problem, w), f])
+    return bk.to_numpy(F(z)), bk.to_numpy(bk.jacobian(F)(z))
+
+
+@pytest.fixture(scope="module")
+def gauss_newton_step(setup):
+    """The joint Gauss–Newton step at (w, f + perturbation) by dense least squares."""
+    problem, w, inner = setup
+    rng = np.random.default_rng(7)
+    f = inner.f + problem.bk.asarray(0.05 * rng.normal(size=problem.n_f))
+    F, J = _dense_joint(problem, w, f)
+    step = np.linalg.lstsq(J, -F, rcond=None)[0]
+    return f, step
+
+
+@pytest.mark.parametrize("method", ["lap", "full"])
+@pytest.mark.parametrize("solver", ["cg", "lsqr"])
+def test_joint_steps_are_the_gauss_newton_step(setup, gauss_newton_step, method, solver):
+    """LAP's eliminated step and the full (preconditioned) joint solve both give the dense
+    Gauss–Newton step: the elimination of δw is exact (a Schur complement), not a model."""
+    problem, w, _ = setup
+    f, step = gauss_newton_step
+    k = problem.kernels
+    lin = k["linearise"](w, f, *problem.data)
+    if method == "lap":
+        dw, df, its = separable._lap_step(problem, w, f, lin, None, solver, 1e-13, 2000)
+    else:
+        scale = separable._mean_diagonal(problem, w, f)
+        dw, df, its = separable._full_step(problem, w, f, lin, None, solver, 1e-13, 2000, scale)
+    bk = problem.bk
+    assert np.all(bk.to_numpy(dw)[0] == 0)  # the fixed frame does not move
+    got = np.concatenate([bk.to_numpy(separable._free(problem, dw)), bk.to_numpy(df)])
+    # solved to a 1e-13 relative residual: measured agreement 3e-13 to 5e-12
+    assert np.linalg.norm(got - step) <= 1e-9 * np.linalg.norm(step), its
+
+
+def test_frame_projection_annihilates_the_motion_jacobian(setup):
+    """P⊥ = I − Q_kQ_kᵀ removes every frame's J_w columns, and the projected operator
+    [P⊥A M; L M] (M: a mask of free image variables) passes the adjoint test."""
+    problem, w, inner = setup
+    bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
+    F, F0, Jb, _, _ = k["linearise"](w, inner.f, *data)
+    Jz, _, Lc = separable._frame_factors(problem, Jb)
+    Q = separable._frame_basis(Jz, Lc)
+    QtQ = bk.to_numpy(xp.sum(Q[:, :, :, None] * Q[:, :, None, :], axis=1))
+    np.testing.assert_allclose(QtQ[1:], np.broadcast_to(np.eye(3), QtQ[1:].shape), atol=1e-10)
+    assert np.all(QtQ[0] == 0)  # the fixed frame is not projected
+    nd = Jb.shape[0] * Jb.shape[1]
+    for j in range(3):
+        col = xp.concat([xp.reshape(Jz[:, :, j], (-1,)), xp.zeros_like(F[nd:])])
+        projected = bk.to_numpy(k["project"](col, Q))
+        # G_k carries a 1e-12 relative damping (for frames that see nothing): P⊥J_k ≈ 1e-12 J_k
+        assert np.linalg.norm(projected) <= 1e-10 * np.linalg.norm(bk.to_numpy(col))
+    rng = np.random.default_rng(3)
+    mask = bk.asarray((rng.random(problem.n_f) > 0.3).astype(float))
+    u = bk.asarray(rng.normal(size=F.shape[0]))
+    v = bk.asarray(rng.normal(size=problem.n_f))
+    Av = bk.to_numpy(k["op"](w, v, F0, Q, mask, *data))
+    Atu = bk.to_numpy(k["op_t"](w, inner.f, u, Q, mask, *data))
+    lhs, rhs = float(np.dot(bk.to_numpy(u), Av)), float(np.dot(Atu, bk.to_numpy(v)))
+    assert abs(lhs - rhs) <= 1e-13 * np.linalg.norm(Av) * np.linalg.norm(bk.to_numpy(u)) * 10
+    N = k["normal_op"](w, v, Q, mask, *data)
+    Ntv = bk.to_numpy(k["op_t"](w, inner.f, k["op"](w, v, F0, Q, mask, *data), Q, mask, *data))
+    assert_close(bk, N, Ntv, rtol=1e-12)
+
+
+def test_lap_and_full_report_their_status(setup):
+    problem, w, inner = setup
+    for solve in (separable.lap, separable.full_gauss_newton):
+        res = solve(problem, w, inner.f, max_iter=1, tol_g=0.0)
+        assert res.status is Status.MAX_ITERATIONS and res.iterations == 1
+        assert (
+            len(res.result.history) == 2 and res.result.history[1].fun < res.result.history[0].fun
+        )
+        assert res.inner_iterations > 0
+        none = solve(problem, w, inner.f, max_iter=0)
+        assert none.iterations == 0 and none.status is Status.MAX_ITERATIONS
+
+
 def test_batched_cholesky_solve(ad_bk):
     rng = np.random.default_rng(2)
     B = rng.normal(size=(5, 3, 3))
@@ -158,6 +307,22 @@ def test_bad_arguments(setup):
         separable.solve_linear(problem, w[1:, :])
     with pytest.raises(ValueError, match="rtol"):
         separable.solve_linear(problem, w, rtol=-1.0)
+    with pytest.raises(ValueError, match="solver"):
+        separable.solve_linear(problem, w, solver="qr")
+    with pytest.raises(ValueError, match="bounds"):
+        separable.lap(problem, w, inner.f, bounds=(1.0, 0.0))
+    with pytest.raises(ValueError, match="bounds"):
+        separable.full_gauss_newton(problem, w, inner.f, bounds=(0.0,))
+    with pytest.raises(ValueError, match="inner_solver"):
+        separable.lap(problem, w, inner.f, inner_solver="qr")
+    with pytest.raises(ValueError, match="inner_solver"):
+        separable.varpro(problem, w, inner.f, inner_solver="qr")
+    with pytest.raises(ValueError, match="ls_max_trials"):
+        separable.full_gauss_newton(problem, w, inner.f, ls_max_trials=0)
+    with pytest.raises(ValueError, match="inner_rtol"):
+        separable.lap(problem, w, inner.f, inner_rtol=-1.0)
+    with pytest.raises(ValueError, match="f must have shape"):
+        separable.lap(problem, w, inner.f[1:])
     with pytest.raises(ValueError, match="fixed"):
         separable.SeparableProblem(
             problem.bk, problem.residual, problem.regularizer, 3, 3, 256, fixed=(0, 1, 2)

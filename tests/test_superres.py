@@ -7,13 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from multireg import superres
+from multireg import separable, superres
 from multireg.optimize import Status
 
 SMALL = dict(m_fine=(16, 16), m_coarse=(8, 8), rotation_sigma=0.1, translation_sigma=0.5)
 TORCH_SLOW = (
-    "a full super-resolution solve runs thousands of CG products; torch.func's per-call "
-    "overhead makes that minutes on 2 shared cores (torch is covered by the agreement test)"
+    "varpro and bcd need thousands of small CG products here (1800 and 8600); torch.func's "
+    "per-call overhead makes each solve 15-20 s on 2 shared cores (torch solves lap and full "
+    "here, and a varpro step in the agreement test)"
 )
 
 
@@ -51,13 +52,42 @@ def test_forward_average_preserves_constants_and_point_samples(ad_bk):
     np.testing.assert_allclose(moved[1, 1:6], pts[0, 1:6] + 1.0, atol=1e-14)
 
 
-def test_noise_free_varpro_recovers_truth(ad_bk):
-    if ad_bk.name == "torch":
-        pytest.skip(TORCH_SLOW)
-    p = superres.make_problem(n_frames=6, noise=0.0, seed=1, **SMALL)
+NOISE_FREE = superres.make_problem(
+    m_fine=(32, 32),
+    m_coarse=(16, 16),
+    n_frames=8,
+    noise=0.0,
+    rotation_sigma=0.1,
+    translation_sigma=1.0,
+    seed=1,
+)
+
+
+@pytest.fixture(scope="module")
+def noise_free_oracle(ad_bk):
+    """The start (truth + 0.03 noise, relative error 0.055) and the f error at the true w."""
+    p = NOISE_FREE
     rng = np.random.default_rng(0)
-    w0 = p.w_true + 0.05 * rng.normal(size=p.w_true.shape)
+    w0 = p.w_true + 0.03 * rng.normal(size=p.w_true.shape)
     w0[0] = 0.0
+    problem = superres.build(p.frames, p.omega, p.m_fine, alpha=1e-4, backend=ad_bk)
+    f = separable.solve_linear(problem, ad_bk.asarray(p.w_true), rtol=1e-10, max_iter=2000).f
+    return w0, _rel(ad_bk.to_numpy(f), p.f_true.ravel())
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("lap", {}), ("full", {}), ("varpro", {}), ("bcd", {"max_iter": 50})],
+)
+def test_noise_free_methods_recover_truth(ad_bk, noise_free_oracle, method, options):
+    """32² fine, 8 frames of 16², no noise, α = 1e-4, from a start 5.5 % off in w: every method
+    reaches the truth up to the α-bias of the minimiser. Measured (both backends): motion
+    error 6.5e-4 and f error 1.025× the oracle's for lap, full and varpro (6 iterations);
+    bcd is linear and needs 50 sweeps for the same (6.5e-4, 1.028×)."""
+    if ad_bk.name == "torch" and method in ("varpro", "bcd"):
+        pytest.skip(TORCH_SLOW)
+    w0, oracle = noise_free_oracle
+    p = NOISE_FREE
     res = superres.solve(
         p.frames,
         p.omega,
@@ -65,44 +95,95 @@ def test_noise_free_varpro_recovers_truth(ad_bk):
         alpha=1e-4,
         w0=w0,
         backend=ad_bk,
-        max_iter=10,
-        inner_rtol=1e-10,
-    )
-    oracle = superres.solve(
-        p.frames, p.omega, p.m_fine, alpha=1e-4, w0=p.w_true, backend=ad_bk, max_iter=0
+        method=method,
+        tol_g=1e-4,
+        **options,
     )
     w, f = ad_bk.to_numpy(res.w), ad_bk.to_numpy(res.f)
-    # measured: motion error 3e-3 (the α-bias of the noise-free solution), f error 1.06×oracle
-    assert res.status is Status.CONVERGED
-    assert _rel(w0, p.w_true) > 0.1
-    assert _rel(w, p.w_true) < 1e-2
-    f_oracle = ad_bk.to_numpy(oracle.f)
-    assert _rel(f, p.f_true) < 1.1 * _rel(f_oracle, p.f_true)
-
-
-def test_bcd_reduces_motion_error(ad_bk):
-    if ad_bk.name == "torch":
-        pytest.skip(TORCH_SLOW)
-    p = superres.make_problem(n_frames=3, noise=0.0, seed=2, **SMALL)
-    rng = np.random.default_rng(1)
-    w0 = p.w_true + 0.05 * rng.normal(size=p.w_true.shape)
-    w0[0] = 0.0
-    res = superres.solve(
-        p.frames,
-        p.omega,
-        p.m_fine,
-        alpha=1e-4,
-        w0=w0,
-        backend=ad_bk,
-        method="bcd",
-        max_iter=3,
-        inner_rtol=1e-8,
-    )
-    # BCD is slow on this tightly coupled problem (LAP, arXiv:1705.09992 §3): it decreases Φ
-    # monotonically and improves w, but only a little per sweep (measured 0.128 → 0.112 in 5)
+    assert _rel(w0, p.w_true) > 0.05
+    assert _rel(w, p.w_true) < 1e-3
+    assert _rel(f, p.f_true) < 1.05 * oracle
+    assert np.all(w[0] == 0)
     funs = [r.fun for r in res.separable.result.history]
-    assert res.iterations == 3 and all(b < a for a, b in itertools.pairwise(funs))
-    assert _rel(ad_bk.to_numpy(res.w), p.w_true) < _rel(w0, p.w_true)
+    assert funs[-1] < 1e-2 * funs[0]  # measured 3.3e-3: what is left is α‖Lf‖²
+    if method == "bcd":
+        # monotone, and still (slowly) moving: BCD's linear rate on a coupled problem
+        assert all(b <= a for a, b in itertools.pairwise(funs))
+        assert res.status is Status.MAX_ITERATIONS
+    else:
+        assert res.status is Status.CONVERGED
+
+
+NOISY = superres.make_problem(
+    m_fine=(32, 32),
+    m_coarse=(16, 16),
+    n_frames=8,
+    seed=2,
+    rotation_sigma=0.1,
+    translation_sigma=1.0,
+)
+
+
+def _noisy_start():
+    rng = np.random.default_rng(0)
+    w0 = NOISY.w_true + 0.03 * rng.normal(size=NOISY.w_true.shape)
+    w0[0] = 0.0
+    return w0
+
+
+def test_lap_with_bounds_stays_in_the_box(ad_bk):
+    """Projected Gauss–Newton keeps f in [0, 1], converges, and the bounds (true here: the
+    image is in [0, 1]) help. Measured on this noisy problem (2 %, α = 1e-2): f error 0.068
+    with bounds, 0.099 without; motion error 0.014 and 0.008 (start: 0.055)."""
+    p, w0 = NOISY, _noisy_start()
+    out = {}
+    for bounds in (None, (0.0, 1.0)):
+        res = superres.solve(
+            p.frames, p.omega, p.m_fine, w0=w0, backend=ad_bk, method="lap", bounds=bounds
+        )
+        assert res.status is Status.CONVERGED, res.separable.result.message
+        out[bounds] = ad_bk.to_numpy(res.f), ad_bk.to_numpy(res.w), ad_bk.to_numpy(res.f0)
+    f, w, f0 = out[(0.0, 1.0)]
+    assert f.min() >= 0.0 and f.max() <= 1.0 and f0.min() >= 0.0 and f0.max() <= 1.0
+    assert np.sum(f == 0.0) > 100  # the zero padding is held at the bound
+    f_free, w_free, _ = out[None]
+    assert f_free.min() < -0.05  # without bounds the ringing leaves the box
+    assert _rel(f, p.f_true) < 0.8 * _rel(f_free, p.f_true)
+    assert _rel(w, p.w_true) < 0.3 * _rel(w0, p.w_true)
+    assert _rel(w_free, p.w_true) < 0.3 * _rel(w0, p.w_true)
+
+
+def test_torch_and_jax_agree_on_lap_and_full(all_ad):
+    """The same iterates on both frameworks: two outer steps of LAP with bounds and LSQR, and
+    of the full Gauss–Newton with PCG, inner solves to 1e-11 (the bounds test's problem)."""
+    p, w0 = NOISY, _noisy_start()
+    runs = [("lap", dict(bounds=(0.0, 1.0), inner_solver="lsqr")), ("full", {})]
+    out = {}
+    for bk in all_ad:
+        for method, options in runs:
+            records = []
+            res = superres.solve(
+                p.frames,
+                p.omega,
+                p.m_fine,
+                w0=w0,
+                backend=bk,
+                method=method,
+                max_iter=2,
+                inner_rtol=1e-11,
+                callback=records.append,
+                **options,
+            )
+            funs = [r.fun for r in res.separable.result.history]
+            assert [r.fun for r in records] == funs
+            out[bk.name, method] = (bk.to_numpy(res.w), bk.to_numpy(res.f), funs)
+    for method, _ in runs:
+        (w_a, f_a, j_a), (w_b, f_b, j_b) = (out[bk.name, method] for bk in all_ad)
+        assert len(j_a) == 3
+        np.testing.assert_allclose(j_b, j_a, rtol=1e-10)
+        assert np.linalg.norm(w_b - w_a) <= 1e-8 * np.linalg.norm(w_a)
+        assert np.linalg.norm(f_b - f_a) <= 1e-8 * np.linalg.norm(f_a)
+        assert _rel(w_a, p.w_true) < 0.5 * _rel(w0, p.w_true)
 
 
 def test_torch_and_jax_agree_on_a_varpro_step(all_ad):
@@ -134,6 +215,14 @@ def test_bad_arguments(ad_bk):
         superres.solve(p.frames, p.omega, p.m_fine, w0=np.zeros((3, 3)), backend=ad_bk)
     with pytest.raises(ValueError, match="n_frames"):
         superres.make_problem(n_frames=0)
+    with pytest.raises(ValueError, match="bounds"):
+        superres.solve(p.frames, p.omega, p.m_fine, method="varpro", bounds=(0, 1), backend=ad_bk)
+    with pytest.raises(ValueError, match="bounds"):
+        superres.solve(p.frames, p.omega, p.m_fine, method="lap", bounds=(1, 0), backend=ad_bk)
+    with pytest.raises(ValueError, match="inner_solver"):
+        superres.solve(p.frames, p.omega, p.m_fine, inner_solver="qr", backend=ad_bk)
+    with pytest.raises(ValueError, match="inner_rtol"):
+        superres.solve(p.frames, p.omega, p.m_fine, method="full", inner_rtol=-1, backend=ad_bk)
 
 
 def test_pre_registration_finds_the_motions(ad_bk):
