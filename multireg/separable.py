@@ -212,25 +212,32 @@ def _kernels(bk: Any, residual: Callable, regularizer: Callable) -> dict[str, Ca
         return X, R, R + beta[:, None] * P, rr_new
 
     def cg_state_step(z, shape, n, *data):
-        """One CG step on the packed state z = [w, x, r, p, rᵀr] (w carried along unchanged,
-        so that a forward tangent of z carries the direction in w through every step)."""
+        """One CG step on the packed state z = [w, x, r, p, rᵀr, r₀ᵀr₀] (w carried along
+        unchanged, so that a forward tangent of z carries the direction in w through every
+        step). A step whose rᵀr is at rounding level relative to r₀ᵀr₀ leaves the state as it
+        is: past convergence, α and β are ratios of rounding errors, and their tangents would
+        grow without bound (the unrolled Jacobian would diverge as steps are added)."""
         nw = shape[0] * shape[1]
         w = xp.reshape(z[:nw], shape)
         x, r, p = z[nw : nw + n], z[nw + n : nw + 2 * n], z[nw + 2 * n : nw + 3 * n]
-        rr = z[nw + 3 * n :]
+        rr, rr0 = z[nw + 3 * n : nw + 3 * n + 1], z[nw + 3 * n + 1 :]
+        tiny = (100 * xp.finfo(z.dtype).eps) ** 2
+        active = rr > tiny * rr0
         q = normal(w, p, *data)
         pq = xp.sum(p * q)
-        alpha = xp.where(pq > 0, rr / xp.where(pq > 0, pq, 1.0), 0.0)
+        alpha = xp.where(active & (pq > 0), rr / xp.where(pq > 0, pq, 1.0), 0.0)
         x, r = x + alpha * p, r - alpha * q
-        rr_new = xp.reshape(xp.sum(r * r), (1,))
-        beta = xp.where(rr > 0, rr_new / xp.where(rr > 0, rr, 1.0), 0.0)
-        return xp.concat([z[:nw], x, r, r + beta * p, rr_new])
+        rr_new = xp.where(active, xp.reshape(xp.sum(r * r), (1,)), rr)
+        beta = xp.where(active & (rr > 0), rr_new / xp.where(rr > 0, rr, 1.0), 0.0)
+        p = xp.where(active, r + beta * p, p)
+        return xp.concat([z[:nw], x, r, p, rr_new, rr0])
 
     def cg_state_start(wflat, shape, x0, *data):
         """The packed CG state at x0 (held fixed) for N(w) x = −Aᵀ r(w, 0)."""
         w = xp.reshape(wflat, shape)
         r = -grad_f(w, xp.zeros_like(x0), *data) - normal(w, x0, *data)
-        return xp.concat([wflat, x0, r, r, xp.reshape(xp.sum(r * r), (1,))])
+        rr = xp.reshape(xp.sum(r * r), (1,))
+        return xp.concat([wflat, x0, r, r, rr, rr])
 
     def unrolled_start(w, x0, V, *data):
         """The CG start state and its tangents along every direction V[i]."""
@@ -246,7 +253,7 @@ def _kernels(bk: Any, residual: Callable, regularizer: Callable) -> dict[str, Ca
 
     def unrolled_step(z, Z, w, *data):
         """One CG step of the state z and of its tangents Z (forward-mode AD of the step)."""
-        shape, n = w.shape, (z.shape[0] - w.shape[0] * w.shape[1] - 1) // 3
+        shape, n = w.shape, (z.shape[0] - w.shape[0] * w.shape[1] - 2) // 3
 
         def step(u):
             return cg_state_step(u, shape, n, *data)
@@ -259,7 +266,7 @@ def _kernels(bk: Any, residual: Callable, regularizer: Callable) -> dict[str, Ca
     def unrolled_columns(z, Z, w, *data):
         """F at the unrolled iterate and the reduced Jacobian's columns (as rows)."""
         nw = w.shape[0] * w.shape[1]
-        n = (z.shape[0] - nw - 1) // 3
+        n = (z.shape[0] - nw - 2) // 3
         f = z[nw : nw + n]
 
         def one(t):
