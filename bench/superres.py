@@ -3,6 +3,7 @@
     python bench/superres.py                      # the default problem, JAX and torch
     python bench/superres.py --large              # and the large one (or --sizes large:
                                                   #   only it, report superres_large.md)
+    python bench/superres.py --backend jax        # one backend (report superres_jax.md)
     python bench/superres.py --quick              # a small problem (development)
     python bench/superres.py --memory-only        # only the memory-vs-inner-iterations table
 
@@ -457,6 +458,8 @@ def main(argv=None) -> None:
         if size not in SIZES:
             raise SystemExit(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     name = REPORT if sizes[0] == "default" else f"{REPORT}_{'_'.join(sizes)}"
+    if args.backend != "both":  # one backend's run does not overwrite the both-backend report
+        name += "_" + "_".join(backends)
     start = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="superres_bench_"))
     rows, pre, memory = [], {}, []

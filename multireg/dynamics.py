@@ -1426,8 +1426,8 @@ def solve(
         inner solves' (the linear fit's CG where the model needs one). With noise the
         Gauss–Newton tail is linear (the noise's interpolated second derivatives are the
         dropped term), so the gradient rule decides when it stops. ``unrolled_iterations``:
-        the engine differentiates that many CG steps; past the inner solve's convergence
-        (here within about N steps for regions) the unrolled derivative degrades.
+        the engine differentiates that many CG steps (steps past the inner solve's
+        convergence, here within about N steps for regions, leave it unchanged).
 
     Non-convergence is reported in the result's ``status``, never raised.
     """

@@ -828,8 +828,9 @@ def varpro(
     iteration's df/dw: the Jacobian only shapes the step, the gradient is exact), and the
     gradient is the envelope gradient J_wᵀF.
 
-    ``matrix_free=True`` (``"implicit"`` and ``"kaufman"`` only; the unrolled and partial
-    Jacobians are always formed, by P forward-mode columns): J̃ is never formed; the
+    ``matrix_free=True`` (``"implicit"`` and ``"kaufman"`` only; the unrolled Jacobian is
+    always formed, by P forward-mode columns, and the partial one's J_wᵀJ_w is formed
+    block-diagonal from its p×p frame blocks, p forward products): J̃ is never formed; the
     Gauss–Newton system is solved by the outer optimiser's PCG (Jacobi-preconditioned with
     diag J_wᵀJ_w, to its relative residual 0.1) with products J̃ᵀJ̃ v that cost one inner
     solve per Jacobian product, J̃ v = J_w v − J_f N⁻¹ M v and J̃ᵀu = J_wᵀu − Mᵀ N⁻¹ J_fᵀ u
@@ -884,6 +885,10 @@ def varpro(
 
             timings["jacobian"] += time.perf_counter() - t
             return LinearOperator(matvec=matvec, diagonal=op.diagonal)
+        if jacobian == "partial":
+            H = _block_diagonal(problem, k["w_blocks"](w, inner.at(x), *data)[0])
+            timings["jacobian"] += time.perf_counter() - t
+            return LinearOperator.from_matrix(H)
         J, it, df_dw[0] = _reduced_jacobian(
             problem,
             w,
@@ -965,6 +970,17 @@ def _reduced_gauss_newton(
 
     H, _ = k["w_blocks"](w, f, *data)
     return LinearOperator(matvec=matvec, diagonal=_free(problem, xp.linalg.diagonal(H)))
+
+
+def _block_diagonal(problem: SeparableProblem, H: Array) -> Array:
+    """The (P, P) matrix with the free frames' (p, p) blocks of H (N, p, p) on its diagonal:
+    J_wᵀJ_w from p forward products, instead of the P columns of J_w (whose vmap over P
+    fine-grid forward models needs P times the memory of one)."""
+    xp = problem.bk.xp
+    blocks = xp.stack([H[k, :, :] for k in problem.free])  # (K, p, p)
+    K, p = blocks.shape[0], blocks.shape[1]
+    eye = xp.eye(K, dtype=H.dtype, device=array_api_compat.device(H))
+    return xp.reshape(blocks[:, :, None, :] * eye[:, None, :, None], (K * p, K * p))
 
 
 def _gram(J: Array) -> Array:

@@ -215,6 +215,18 @@ def test_matrix_free_gauss_newton_matrix(setup, jacobian):
     assert counter[0] > 0
 
 
+def test_partial_gauss_newton_matrix_is_block_diagonal(setup):
+    """VarPro's partial Gauss–Newton matrix, formed from the p×p frame blocks, is J_wᵀJ_w with
+    the P formed columns of the partial Jacobian (zero between frames)."""
+    problem, w, inner = setup
+    bk = problem.bk
+    J = bk.to_numpy(separable.reduced_jacobian(problem, w, inner.f, "partial")[0])
+    H, _ = problem.kernels["w_blocks"](w, inner.f, *problem.data)
+    dense = bk.to_numpy(separable._block_diagonal(problem, H))
+    assert dense.shape == (J.shape[1], J.shape[1])
+    np.testing.assert_allclose(dense, J.T @ J, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
+
+
 def _dense_joint(problem, w, f):
     """F(w, f) and the dense Jacobian [J_w (free frames) | J_f] of the stacked residual."""
     bk, xp = problem.bk, problem.bk.xp
