@@ -4,6 +4,8 @@
     python bench/superres.py --large              # and the large one (or --sizes large:
                                                   #   only it, report superres_large.md)
     python bench/superres.py --backend jax        # one backend (report superres_jax.md)
+    python bench/superres.py --backend jax --methods lap --no-memory --append "why"
+                                                  # re-run rows, appended to superres.md
     python bench/superres.py --quick              # a small problem (development)
     python bench/superres.py --memory-only        # only the memory-vs-inner-iterations table
 
@@ -439,6 +441,12 @@ def main(argv=None) -> None:
     ap.add_argument("--memory-steps", default="20,100")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument(
+        "--append",
+        metavar="REASON",
+        default=None,
+        help="append these rows to the existing report as a dated re-run section, with REASON",
+    )
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
@@ -458,8 +466,8 @@ def main(argv=None) -> None:
         if size not in SIZES:
             raise SystemExit(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     name = REPORT if sizes[0] == "default" else f"{REPORT}_{'_'.join(sizes)}"
-    if args.backend != "both":  # one backend's run does not overwrite the both-backend report
-        name += "_" + "_".join(backends)
+    if args.backend != "both" and not args.append:
+        name += "_" + "_".join(backends)  # does not overwrite the both-backend report
     start = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="superres_bench_"))
     rows, pre, memory = [], {}, []
@@ -473,11 +481,35 @@ def main(argv=None) -> None:
         steps = [int(s) for s in args.memory_steps.split(",")]
         memory = run_memory(backends, steps, args, workdir, w0_path)
     text = report(rows, pre, memory, args, time.perf_counter() - start)
+    if args.append:
+        print(text)
+        print(f"appended to {append_report(name, text, args.append)}")
+        return
     figure = None if not rows else write_figure(rows, sizes[0])
     if figure is not None:
         text += f"\nFigure: {figure.relative_to(OUT.parent.parent)}\n"
     print(text)
     print(f"written to {write_report(name, text)}")
+
+
+def append_report(name: str, text: str, reason: str) -> Path:
+    """Append a re-run's tables to bench/out/<name>.md as a dated section whose rows replace
+    the rows above with the same size, backend and method (a long report is amended, not
+    rerun whole, when one method changes)."""
+    path = OUT / f"{name}.md"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown commit"
+    body = text.split("\n", 2)[2]  # without the title line
+    section = (
+        f"\n## Re-run at {commit}, {time.strftime('%Y-%m-%d')}: {reason}\n\n"
+        "The rows below replace the rows above with the same size, backend and method.\n" + body
+    )
+    old = path.read_text() if path.exists() else ""
+    return write_report(name, old + section)
 
 
 def report(rows, pre, memory, args, seconds) -> str:
