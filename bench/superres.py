@@ -371,6 +371,14 @@ def targets(rows: list[dict]) -> list[str]:
         if oracle is None or not done:
             continue
         best = min(done, key=lambda r: r["e_f"])
+        same = [r for r in done if "bounds" not in r["key"]]  # the oracle's problem: no bounds
+        if same and best not in same:
+            b = min(same, key=lambda r: r["e_f"])
+            lines.append(
+                f"- {name}: best f error without bounds (the oracle's problem) {b['method']} "
+                f"{b['e_f']:.4e} = {b['e_f'] / oracle['e_f']:.3f}× the oracle's; its motion "
+                f"error {b['e_w']:.2e}. Bounds on f add information the oracle does not use."
+            )
         fastest = min(
             (r for r in done if r["e_f"] <= 1.1 * oracle["e_f"] and r["e_w"] < 1e-2),
             key=lambda r: r["warm"] if r["warm"] == r["warm"] else r["cold"],
