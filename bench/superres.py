@@ -8,6 +8,8 @@
                                                   # re-run rows, appended to superres.md
     python bench/superres.py --quick              # a small problem (development)
     python bench/superres.py --memory-only        # only the memory-vs-inner-iterations table
+    python bench/superres.py --perturb 0.25       # start from the truth plus 0.25 × the motion
+                                                  #   spread (report superres_perturbed0.25.md)
 
 Problems (``multireg.superres.make_problem``): ``default`` is LAP's setup (128² fine, 32 frames
 of 32², frame 0 fixed, rigid motions with rotation σ = 0.2 rad and translation σ = 2 coarse
@@ -272,6 +274,24 @@ def pre_registrations(size: str, backends: list[str], workdir: Path) -> tuple[Pa
     return path, dict(time=times, e_w0=errors)
 
 
+def perturbed_start(size: str, scale: float, workdir: Path) -> tuple[Path, dict]:
+    """w0 = the true motions plus Gaussian noise of ``scale`` times the problem's motion spread
+    (rotation 0.2 rad and translation 2 coarse pixels at scale 1), frame 0 kept at the
+    identity, seed 0: a start the pre-registration does not give, to separate the methods."""
+    from multireg import superres
+
+    p = superres.make_problem(**SIZES[size])
+    if p.motion != "rigid":
+        raise SystemExit("--perturb needs rigid motions")
+    rng = np.random.default_rng(0)
+    sigma = scale * np.array([0.2, 2.0, 2.0])
+    w0 = p.w_true + sigma * rng.normal(size=p.w_true.shape)
+    w0[0] = p.w_true[0]
+    path = workdir / f"w0_{size}_perturbed.npy"
+    np.save(path, w0)
+    return path, dict(time={"perturbed truth": 0.0}, e_w0={"perturbed truth": rel(w0, p.w_true)})
+
+
 def fmt(x, digits=3):
     if isinstance(x, float):
         return "—" if x != x else f"{x:.{digits}e}"
@@ -450,6 +470,13 @@ def main(argv=None) -> None:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true")
     ap.add_argument(
+        "--perturb",
+        type=float,
+        default=None,
+        metavar="S",
+        help="start from the truth plus S times the motion spread instead of the pre-registration",
+    )
+    ap.add_argument(
         "--append",
         metavar="REASON",
         default=None,
@@ -474,6 +501,8 @@ def main(argv=None) -> None:
         if size not in SIZES:
             raise SystemExit(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
     name = REPORT if sizes[0] == "default" else f"{REPORT}_{'_'.join(sizes)}"
+    if args.perturb is not None:
+        name += f"_perturbed{args.perturb:g}"
     if args.backend != "both" and not args.append:
         name += "_" + "_".join(backends)  # does not overwrite the both-backend report
     start = time.perf_counter()
@@ -481,7 +510,10 @@ def main(argv=None) -> None:
     rows, pre, memory = [], {}, []
     for size in [] if args.memory_only else sizes:
         print(f"{size}: pre-registration", flush=True)
-        w0_path, pre[size] = pre_registrations(size, backends, workdir)
+        if args.perturb is None:
+            w0_path, pre[size] = pre_registrations(size, backends, workdir)
+        else:
+            w0_path, pre[size] = perturbed_start(size, args.perturb, workdir)
         rows += run_methods(size, backends, methods, args, workdir, w0_path)
     if not args.no_memory:
         print("memory: medium problem (64², 16 frames of 16²)", flush=True)
@@ -540,6 +572,12 @@ def report(rows, pre, memory, args, seconds) -> str:
         "",
     ]
     for size, info in pre.items():
+        if "perturbed truth" in info["e_w0"]:
+            lines.append(
+                f"Start ({size}): the true motions plus {args.perturb:g} × the motion spread "
+                f"(no pre-registration), e_w0 {info['e_w0']['perturbed truth']:.2e}."
+            )
+            continue
         parts = ", ".join(
             f"{b}: {info['time'][b]:.1f} s, e_w0 {info['e_w0'][b]:.2e}" for b in info["time"]
         )
