@@ -989,6 +989,30 @@ def _gram(J: Array) -> Array:
     return xp.matrix_transpose(J) @ J
 
 
+def _loop_result(problem, w, f, fun, history, it, nfev, status, message, inner_total, start):
+    """The :class:`SeparableResult` of a hand-written outer loop (BCD, LAP, full GN)."""
+    total = time.perf_counter() - start
+    res = Result(
+        x=_free(problem, w),
+        fun=fun,
+        grad_norm=history[-1].grad_norm,
+        iterations=it,
+        nfev=nfev,
+        status=status,
+        message=message,
+        history=tuple(history),
+        timings={"total": total},
+    )
+    return SeparableResult(
+        w=w,
+        f=f,
+        result=res,
+        inner_iterations=inner_total,
+        jacobian_iterations=0,
+        timings={"total": total},
+    )
+
+
 def bcd(
     problem: SeparableProblem,
     w0: Array,
@@ -1078,25 +1102,8 @@ def bcd(
             break
     else:
         message = f"stopped at max_iter = {max_iter}"
-    total = time.perf_counter() - start
-    res = Result(
-        x=_free(problem, w),
-        fun=fun,
-        grad_norm=history[-1].grad_norm,
-        iterations=it,
-        nfev=nfev,
-        status=status,
-        message=f"bcd: {message}",
-        history=tuple(history),
-        timings={"total": total},
-    )
-    return SeparableResult(
-        w=w,
-        f=f,
-        result=res,
-        inner_iterations=inner_total,
-        jacobian_iterations=0,
-        timings={"total": total},
+    return _loop_result(
+        problem, w, f, fun, history, it, nfev, status, f"bcd: {message}", inner_total, start
     )
 
 
@@ -1436,25 +1443,8 @@ def _joint(
         )
         w, f, fun_old, fun = w_t, f_t, fun, trial_fun
         it += 1
-    total = time.perf_counter() - start
-    res = Result(
-        x=_free(problem, w),
-        fun=fun,
-        grad_norm=history[-1].grad_norm,
-        iterations=it,
-        nfev=nfev,
-        status=status,
-        message=f"{name}: {message}",
-        history=tuple(history),
-        timings={"total": total},
-    )
-    return SeparableResult(
-        w=w,
-        f=f,
-        result=res,
-        inner_iterations=inner_total,
-        jacobian_iterations=0,
-        timings={"total": total},
+    return _loop_result(
+        problem, w, f, fun, history, it, nfev, status, f"{name}: {message}", inner_total, start
     )
 
 
