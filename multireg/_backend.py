@@ -7,8 +7,11 @@ framework (the framework is imported when the class is instantiated).
 
 Selection, from lowest to highest precedence:
 
-1. the process default, read from ``MULTIREG_BACKEND`` at import, else the first installed of
-   ``jax``, ``torch`` (else ``numpy``, which is forward-only);
+1. the process default: the backend named by ``MULTIREG_BACKEND``, else the first installed of
+   ``jax``, ``torch`` (else ``numpy``, which is forward-only). The variable is read when the
+   default is needed, not at import: a bad value never breaks ``import multireg`` (or
+   ``multireg --help``); it is a ``ValueError`` naming the variable and the registered
+   backends when a computation first asks for the default;
 2. :func:`set_backend`, which replaces the process default;
 3. :func:`use_backend`, which overrides it inside a ``with`` block (per thread / task);
 4. the type of the input arrays (torch tensors select torch, JAX arrays select JAX);
@@ -154,19 +157,22 @@ def _as_backend(backend: str | Backend, argument: str = "backend") -> Backend:
 
 
 def _default_from_environment() -> str | None:
-    """Validate MULTIREG_BACKEND at import; the framework itself is imported on first use."""
+    """The backend named by MULTIREG_BACKEND (None when unset), checked against the registered
+    ones. Called when the default is needed, never at import (see the module docstring)."""
     name = os.environ.get(ENV_VAR, "").strip()
     if not name:
         return None
-    known = _entry_points()
+    known = sorted(_backend_classes())
     if name not in known:
         raise ValueError(
-            f"{ENV_VAR}={name!r} is not a registered backend; choose from {sorted(known)}"
+            f"{ENV_VAR}={name!r} is not a registered backend; set it to one of "
+            f"{', '.join(known)}, or unset it"
         )
     return name
 
 
-_default: str | Backend | None = _default_from_environment()
+# set_backend's choice; None: MULTIREG_BACKEND, else the first installed (see get_backend)
+_default: str | Backend | None = None
 _context: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
     "multireg_backend", default=None
 )
@@ -188,8 +194,8 @@ def get_backend(backend: str | Backend | None = None) -> Backend:
     if active is not None:
         return active
     if _default is None:
-        installed = available_backends()
-        return _instance(installed[0])
+        name = _default_from_environment()
+        return _instance(name if name is not None else available_backends()[0])
     return _as_backend(_default)
 
 

@@ -46,9 +46,46 @@ def test_environment_variable_sets_the_default():
     assert out == name
 
 
-def test_unknown_environment_backend_is_a_clear_error():
-    out = _run("import multireg", MULTIREG_BACKEND="tensorflow")
-    assert "MULTIREG_BACKEND='tensorflow' is not a registered backend" in out
+def test_unknown_environment_backend_fails_when_first_needed_not_at_import():
+    code = """
+        import multireg
+        print("imported")
+        print(multireg.get_backend("numpy").name)  # an explicit choice needs no default
+        try:
+            multireg.get_backend()
+        except ValueError as err:
+            print(err)
+    """
+    out = _run(code, MULTIREG_BACKEND="tensorflow")
+    assert "Traceback" not in out
+    lines = out.splitlines()
+    assert lines[:2] == ["imported", "numpy"]
+    assert "MULTIREG_BACKEND='tensorflow' is not a registered backend" in lines[2]
+    assert all(name in lines[2] for name in ("jax", "numpy", "torch"))
+
+
+def test_bad_environment_backend_never_breaks_the_command_line(tmp_path):
+    """--help works, and a command that needs the default says what is wrong in one line."""
+    env = {k: v for k, v in os.environ.items() if k != "MULTIREG_BACKEND"}
+    env.update(MULTIREG_BACKEND="tensorflow", OMP_NUM_THREADS="1")
+
+    def run(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "multireg", *map(str, argv)],
+            capture_output=True, text=True, env=env, cwd=tmp_path,
+        )  # fmt: skip
+
+    for argv in (["--help"], ["register", "--help"], ["validate", "--help"]):
+        done = run(*argv)
+        assert done.returncode == 0 and "usage: multireg" in done.stdout, done.stderr
+        assert done.stderr == ""
+    np.save(tmp_path / "T.npy", np.arange(64.0).reshape(8, 8))
+    np.save(tmp_path / "R.npy", np.arange(64.0).reshape(8, 8).T)
+    done = run("register", "T.npy", "R.npy", "--out", "out")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("multireg: error: ")
+    assert "MULTIREG_BACKEND='tensorflow'" in done.stderr and "torch" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_default_prefers_jax_then_torch():
