@@ -14,6 +14,7 @@ from multireg._backend import (
     set_backend,
     use_backend,
 )
+from multireg._cache import cache_dir, set_cache_dir
 from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
 from multireg.homotopy import HomotopyResult, homotopy
@@ -54,6 +55,7 @@ __all__ = [
     "Translation",
     "ValidationReport",
     "available_backends",
+    "cache_dir",
     "distance",
     "dynamics",
     "figures",
@@ -70,6 +72,7 @@ __all__ = [
     "restrict",
     "separable",
     "set_backend",
+    "set_cache_dir",
     "spline_coefficients",
     "spline_interpolate",
     "superres",

@@ -40,6 +40,32 @@ class JaxBackend:
             jax.config.update("jax_enable_x64", True)
         self._jax = jax
         self.xp = jnp  # jax.numpy implements the array API standard itself
+        self._user_cache = jax.config.jax_compilation_cache_dir
+        self.configure_cache()
+
+    def configure_cache(self) -> None:
+        """Point JAX's persistent compilation cache at multireg's folder (``multireg._cache``).
+
+        Every program is cached (no minimum compile time): a registration runs tens of small
+        programs, each cheap to store and to load. A folder the user gave JAX themselves wins
+        unless ``MULTIREG_CACHE_DIR`` or ``multireg.set_cache_dir`` chose one.
+        """
+        from jax.experimental.compilation_cache import compilation_cache
+
+        from multireg import _cache
+
+        if self._user_cache and not _cache.explicitly_set():
+            return
+        folder = _cache.cache_dir("jax")
+        config = self._jax.config
+        if folder is None:
+            config.update("jax_enable_compilation_cache", False)
+        else:
+            config.update("jax_enable_compilation_cache", True)
+            config.update("jax_compilation_cache_dir", str(folder))
+            config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            config.update("jax_compilation_cache_max_size", _cache.MAX_BYTES)
+        compilation_cache.reset_cache()  # the next compilation opens the folder now in force
 
     def __repr__(self) -> str:
         return "JaxBackend()"

@@ -10,6 +10,7 @@ wraps functions in ``torch.compile``. Arrays stay on the device they came on.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import array_api_compat
@@ -18,6 +19,9 @@ import numpy as np
 from multireg._dtypes import float_dtype_name
 
 __all__ = ["TorchBackend"]
+
+# Read once, before this adapter may set it to multireg's cache folder.
+_USER_INDUCTOR_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
 class TorchBackend:
@@ -87,7 +91,26 @@ class TorchBackend:
         return self._func.vmap(f, in_dims=in_axes)
 
     def jit(self, f):
-        return self._torch.compile(f, dynamic=False) if self.compile else f
+        if not self.compile:
+            return f
+        self._configure_compile_cache()
+        return self._torch.compile(f, dynamic=False)
+
+    def _configure_compile_cache(self) -> None:
+        """torch.compile's on-disk caches (Inductor's FX-graph and kernel caches) in multireg's
+        folder (``multireg._cache``), read when a function is compiled. A
+        ``TORCHINDUCTOR_CACHE_DIR`` the user set wins unless multireg's folder was chosen
+        explicitly; with the cache off, the FX-graph cache is turned off."""
+        from torch._inductor import config
+
+        from multireg import _cache
+
+        if _USER_INDUCTOR_DIR is not None and not _cache.explicitly_set():
+            return
+        folder = _cache.cache_dir("torch")
+        config.fx_graph_cache = folder is not None
+        if folder is not None:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
 
     def sync(self, x):
         if isinstance(x, self._torch.Tensor) and x.device.type == "cuda":

@@ -1,0 +1,101 @@
+"""The persistent compilation cache (issue 13): reused by a new process, movable, can be turned off.
+
+Compilations are counted with JAX's own monitoring events, never timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import multireg
+
+pytest.importorskip("jax")
+
+# A small registration in a new process; prints the counts of XLA compilations that missed the
+# persistent cache, of cache hits, and the folder JAX used.
+CHILD = r"""
+import collections, json, sys
+import numpy as np
+from jax import monitoring
+import multireg
+
+counts = collections.Counter()
+monitoring.register_event_listener(lambda name, **kw: counts.update([name]))
+monitoring.register_event_duration_secs_listener(lambda name, d, **kw: counts.update([name]))
+if len(sys.argv) > 1:
+    multireg.set_cache_dir(None if sys.argv[1] == "None" else sys.argv[1])
+x = np.linspace(-1, 1, 16)
+T = np.exp(-8 * ((x[:, None] - 0.2) ** 2 + (x[None, :] + 0.1) ** 2))
+R = np.exp(-8 * (x[:, None] ** 2 + x[None, :] ** 2))
+multireg.register(T, R, (-1, 1, -1, 1), transform="translation", levels=1, backend="jax")
+import jax
+print(json.dumps({
+    "compiles": counts["/jax/core/compile/backend_compile_duration"],
+    "hits": counts["/jax/compilation_cache/cache_hits"],
+    "misses": counts["/jax/compilation_cache/cache_misses"],
+    "folder": jax.config.jax_compilation_cache_dir,
+    "enabled": jax.config.jax_enable_compilation_cache,
+}))
+"""
+
+
+def _run(env_cache: str | None, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MULTIREG_CACHE"))}
+    if env_cache is not None:
+        env["MULTIREG_CACHE_DIR"] = env_cache
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _entries(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*-cache")) if folder.is_dir() else []
+
+
+def test_a_second_process_reuses_the_cache(tmp_path):
+    first = _run(str(tmp_path))
+    assert first["folder"] == str(tmp_path / "jax")
+    assert first["compiles"] > 0 and first["hits"] == 0
+    assert len(_entries(tmp_path / "jax")) == first["misses"] > 0
+    second = _run(str(tmp_path))
+    assert second["misses"] == 0  # nothing compiled anew ...
+    assert second["hits"] == first["misses"]  # ... every program came from the folder
+
+
+@pytest.mark.slow
+def test_the_environment_turns_it_off_and_set_cache_dir_overrides_the_environment(tmp_path):
+    off = _run("off")
+    assert not off["enabled"] and off["hits"] == 0 and off["misses"] == 0
+    chosen = _run("off", str(tmp_path))  # set_cache_dir(tmp_path) after MULTIREG_CACHE_DIR=off
+    assert chosen["enabled"] and chosen["folder"] == str(tmp_path / "jax")
+    assert _entries(tmp_path / "jax")
+
+
+@pytest.mark.slow
+def test_set_cache_dir_moves_it_in_process_and_none_turns_it_off(tmp_path):
+    moved = _run(None, str(tmp_path / "moved"))
+    assert moved["folder"] == str(tmp_path / "moved" / "jax") and moved["misses"] > 0
+    assert _entries(tmp_path / "moved" / "jax")
+    off = _run(str(tmp_path / "env"), "None")
+    assert not off["enabled"] and off["misses"] == 0
+    assert not (tmp_path / "env").exists()
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("MULTIREG_CACHE_DIR", raising=False)
+    assert multireg.cache_dir() == multireg._cache.default_cache_dir()
+    monkeypatch.setenv("MULTIREG_CACHE_DIR", str(tmp_path))
+    assert multireg.cache_dir("jax") == tmp_path / "jax"
+    for off in ("", "off", "None", "0"):
+        monkeypatch.setenv("MULTIREG_CACHE_DIR", off)
+        assert multireg.cache_dir() is None
+    with pytest.raises(TypeError, match="path"):
+        multireg.set_cache_dir(3)
