@@ -41,7 +41,12 @@ ALPHAS = (250.0, 500.0, 2e3, 4e3, 8e3)
 CASES = {
     "affine": dict(transform="affine", theta=0.1, levels=(3, 7)),
     "elastic": dict(
-        transform="nonparametric", regularizer="elastic", alpha=1e3, mu=1.0, lam=0.0, theta=1e-2,
+        transform="nonparametric",
+        regularizer="elastic",
+        alpha=1e3,
+        mu=1.0,
+        lam=0.0,
+        theta=1e-2,
         levels=(3, 7),
     ),
 }
@@ -154,9 +159,7 @@ def spawn(argv: list[str], env: dict, label: str) -> tuple[float, str]:
 
 
 def run_child(spec: dict, env: dict) -> dict:
-    wall, stdout = spawn(
-        [sys.executable, __file__, "--child", json.dumps(spec)], env, f"{spec}"
-    )
+    wall, stdout = spawn([sys.executable, __file__, "--child", json.dumps(spec)], env, f"{spec}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["process"] = wall
     return result
