@@ -6,6 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,6 +301,220 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch, existin
     assert _listing(tmp_path) == (["out.npy"] if existing else [])
     if existing:
         assert (tmp_path / "out.npy").read_bytes() == before
+
+
+def _tree(folder):
+    """Every entry below ``folder``, hidden ones included: relative path -> bytes (or "dir",
+    or "-> target" for a link)."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            key = str(path.relative_to(folder))
+            if path.is_symlink():
+                out[key] = f"-> {os.readlink(path)}"
+            elif path.is_dir():
+                out[key] = "dir"
+            else:
+                out[key] = path.read_bytes()
+    return out
+
+
+def _old_outputs(out):
+    out.mkdir(parents=True)
+    np.save(out / "a.npy", _pattern((4, 3)))
+    (out / "b.json").write_text('{"old": true}\n')
+
+
+@pytest.mark.parametrize("where", ["new/deeper", "existing"])
+def test_output_set_is_all_or_none_when_interrupted(tmp_path, where):
+    out = tmp_path / where
+    if where == "existing":
+        _old_outputs(out)
+    before = _tree(tmp_path)
+    paths = [out / "a.npy", out / "b.json"]
+    outputs = io.OutputSet(paths, overwrite=True)
+    assert _tree(tmp_path) == before  # checking creates nothing
+    with pytest.raises(KeyboardInterrupt), outputs:
+        io.write_image(outputs.stage(paths[0]), 2 * _pattern((4, 3)))
+        raise KeyboardInterrupt  # after the first file, before the second
+    assert _tree(tmp_path) == before  # nothing of the run, not even a temporary
+    with outputs:
+        io.write_image(outputs.stage(paths[0]), 2 * _pattern((4, 3)))
+        io.write_json(outputs.stage(paths[1]), {"new": True})
+    assert _listing(out) == ["a.npy", "b.json"]
+    assert np.array_equal(np.load(out / "a.npy"), 2 * _pattern((4, 3)))
+    assert json.loads((out / "b.json").read_text()) == {"new": True}
+    if where != "existing":  # the new folders have the usual permissions, not a temp's 0700
+        mode = 0o777 & ~_umask()
+        assert (tmp_path / "new").stat().st_mode & 0o777 == mode
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_output_set_refuses_an_existing_file_or_an_input_before_writing(tmp_path):
+    _old_outputs(tmp_path / "out")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        io.OutputSet([tmp_path / "out" / "x.npy", tmp_path / "out" / "b.json"])
+    with pytest.raises(ValueError, match="over an input"):
+        io.OutputSet([tmp_path / "out" / "a.npy"], overwrite=True, protect=[tmp_path / "out/a.npy"])
+    with pytest.raises(ValueError, match="same file"):
+        io.OutputSet([tmp_path / "n" / "x.npy", tmp_path / "n" / ".." / "n" / "x.npy"])
+    assert _listing(tmp_path) == ["out"]
+
+
+def test_a_failed_commit_is_rolled_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _old_outputs(out)
+    before = _tree(tmp_path)
+    paths = [out / "a.npy", out / "b.json", out / "c.json"]  # two replaced, one new
+    outputs = io.OutputSet(paths, overwrite=True)
+    replace = os.replace
+
+    def disk_full(src, dst, *args, **kwargs):
+        if Path(dst).name == "b.json" and ".old" not in Path(src).parts:
+            raise OSError(28, "No space left on device")
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space"), outputs:
+        for path in paths:
+            io.write_json(outputs.stage(path), {"new": path.name})
+    assert _tree(tmp_path) == before  # a.npy put back, c.json removed, no temporaries
+
+
+def test_ctrl_c_during_the_commit_waits_until_every_output_is_in_place(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _old_outputs(out)
+    paths = [out / "a.npy", out / "b.json"]
+    outputs = io.OutputSet(paths, overwrite=True)
+    replace = os.replace
+
+    def interrupted(src, dst, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between two renames of the commit
+        return replace(src, dst, *args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt), outputs:
+        for path in paths:
+            io.write_json(outputs.stage(path), {"new": path.name})
+        monkeypatch.setattr(os, "replace", interrupted)
+    monkeypatch.undo()
+    assert _listing(out) == ["a.npy", "b.json"]  # both new, then the interrupt
+    assert json.loads((out / "a.npy").read_text()) == {"new": "a.npy"}
+    assert json.loads((out / "b.json").read_text()) == {"new": "b.json"}
+
+
+def test_temporaries_are_recognisable_and_stale_ones_are_removed(tmp_path):
+    out = tmp_path / "out"
+    _old_outputs(out)
+    # a multireg killed (kill -9) while writing leaves its temporaries
+    code = f"""
+        import os, signal
+        import numpy as np
+        from multireg import io
+        outputs = io.OutputSet([{str(out / "a.npy")!r}], overwrite=True)
+        outputs.__enter__()
+        io.write_image(outputs.stage({str(out / "a.npy")!r}), np.eye(3))
+        print(os.getpid(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    pid = int(done.stdout)
+    left = [n for n in _listing(out) if n not in ("a.npy", "b.json")]
+    assert left and all(re.match(rf"\.multireg-tmp-{pid}-[0-9a-f]{{8}}-", n) for n in left)
+    # what must stay: a live process's temporary (ours), another machine's, look-alikes
+    host = left[0].split("-")[3]
+    keep = [
+        f".multireg-tmp-{os.getpid()}-{host}-live-a.npy",
+        f".multireg-tmp-{pid}-00000000-elsewhere-a.npy",
+        ".multireg-tmp-notapid-a.npy",
+        ".a.npy.tmp",
+        "multireg-tmp-1-a.npy",
+    ]
+    for name in keep:
+        (out / name).write_text("not multireg's to remove")
+    io.OutputSet([out / "a.npy"], overwrite=True)  # the next run into the folder
+    assert _listing(out) == sorted(["a.npy", "b.json", *keep])
+    # io.write_image's own temporary is named the same way
+    names = []
+
+    def record(tmp, data, *rest):
+        names.append(Path(tmp).name)
+        raise KeyboardInterrupt
+
+    writers = dict(io._WRITERS)
+    try:
+        io._WRITERS["npy"] = record
+        with pytest.raises(KeyboardInterrupt):
+            io.write_image(tmp_path / "x.npy", np.eye(3))
+    finally:
+        io._WRITERS.update(writers)
+    assert re.fullmatch(rf"\.multireg-tmp-{os.getpid()}-{host}-.+-x\.npy", names[0]), names
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder nobody can create files in. Root ignores permission bits, so as root use
+    sysfs, which refuses new files to root as well (skip where there is none)."""
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    folder = Path("/sys")
+    try:
+        probe = folder / f".multireg-test-{os.getpid()}"
+        probe.write_text("")
+    except OSError:
+        yield folder
+        return
+    probe.unlink()
+    pytest.skip("no folder that root cannot write to")
+
+
+def test_an_unwritable_output_is_found_before_writing(tmp_path, unwritable_folder):
+    (tmp_path / "file").write_text("a file, not a folder")
+    before = _tree(tmp_path)
+    with pytest.raises(
+        NotADirectoryError, match=r"out: cannot create the folder: .*file is a file"
+    ):
+        io.OutputSet([tmp_path / "file" / "out" / "a.npy"])
+    with pytest.raises(NotADirectoryError, match="file: is a file, not a folder"):
+        io.OutputSet([tmp_path / "file" / "a.npy"])
+    for out in (unwritable_folder, unwritable_folder / "missing" / "out"):
+        with pytest.raises(PermissionError, match=f"{re.escape(str(out))}: cannot write there"):
+            io.OutputSet([out / "a.npy"])
+    assert _tree(tmp_path) == before
+
+
+def test_an_output_that_is_a_symlink_is_replaced_not_written_through(tmp_path):
+    target = tmp_path / "target.json"
+    target.write_text("precious")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "nowhere.json")
+    for path in (link, dangling):
+        with pytest.raises(FileExistsError, match="overwrite"):
+            io.OutputSet([path])
+    with pytest.raises(ValueError, match="over an input"):
+        io.OutputSet([link], overwrite=True, protect=[target])
+    outputs = io.OutputSet([link, dangling], overwrite=True)
+    with outputs:
+        for path in (link, dangling):
+            io.write_json(outputs.stage(path), {"new": True})
+    assert target.read_text() == "precious" and not (tmp_path / "nowhere.json").exists()
+    assert not link.is_symlink() and json.loads(link.read_text()) == {"new": True}
+    assert not dangling.is_symlink()
 
 
 def test_write_json_converts_numpy_and_non_finite(tmp_path):
