@@ -2,10 +2,12 @@
 
 ``multireg <command> --help`` documents every option. Inputs are read by :mod:`multireg.io`
 (NIfTI, PNG/JPEG/TIFF, ``.npy``/``.npz``, with their geometry); outputs go to a folder
-(``--out``, default ``./multireg-<command>``), are written atomically, never over an input, and
-an existing output is replaced only with ``--overwrite``. Progress bars (tqdm, when installed)
-go to stderr, one per level, θ step or outer iteration, and only when stderr is a terminal;
-``--quiet`` turns them and the summary off.
+(``--out``, default ``./multireg-<command>``) as one unit: all of a run's outputs appear, or
+none of them (:class:`multireg.io.OutputSet`), never over an input, and an existing output is
+replaced only with ``--overwrite``. Whether the outputs can be written (folders creatable and
+writable, nothing in the way) is checked before any computation. Progress bars (tqdm, when
+installed) go to stderr, one per level, θ step or outer iteration, and only when stderr is a
+terminal; ``--quiet`` turns them and the summary off.
 
 Exit codes
 ----------
@@ -24,7 +26,8 @@ Exit codes
 4
     ``validate``: the backends disagree by more than ``--rtol``.
 130
-    interrupted (Ctrl-C); outputs are written atomically, so none is left half-written.
+    interrupted (Ctrl-C); a run's outputs appear all together or not at all, and no temporary
+    is left.
 
 Every error is one line on stderr, ``multireg: error: <message>`` (a traceback only with
 ``--debug``).
@@ -105,7 +108,7 @@ exit codes:
        existing output without --overwrite, output over an input, backend not installed)
   3    the solver did not converge (outputs are still written)
   4    validate: backends disagree by more than --rtol
-  130  interrupted (no output is left half-written)
+  130  interrupted (a run's outputs appear all together or not at all)
 """
 
 # Errors that mean "bad input or usage" (exit 2) rather than a bug (exit 1).
@@ -258,9 +261,13 @@ def _levels(text: str) -> str | int | tuple[int, int]:
 
 
 def _backend_names() -> list[str]:
+    """The backends a command can compute on: the registered ones that differentiate (every
+    command needs derivatives; the NumPy backend is forward-only, so it is not offered). Read
+    from the adapter classes, so no framework is imported; one that is registered but not
+    installed is offered, and choosing it says how to install it."""
     from multireg._backend import _backend_classes
 
-    return sorted(_backend_classes())
+    return sorted(n for n, c in _backend_classes().items() if getattr(c, "differentiable", True))
 
 
 def _common(*, backend: bool = True) -> argparse.ArgumentParser:
@@ -777,7 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Cross-framework validation: run COMMAND ARGS on each backend, print a table of the "
         "agreement (max relative difference of parameters, images, objective; iteration "
         "counts) and the time per backend. Exit 4 if the agreement is worse than --rtol. "
-        "--rtol, --backends and --report may come before or after COMMAND.",
+        "--rtol, --backends, --report and --overwrite may come before or after COMMAND.",
     )
     val.add_argument(
         "--rtol", type=_positive, default=1e-6, help="tolerance on the relative differences"
@@ -794,8 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help="also write the table as Markdown to FILE",
+        help="also write the table as Markdown to FILE (never over an input; an existing FILE "
+        "only with --overwrite)",
     )
+    val.add_argument("--overwrite", action="store_true", help="replace an existing --report FILE")
     val.add_argument(
         "validated",
         choices=tuple(COMMANDS),
@@ -848,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SUBCOMMANDS = ("register", "homotopy", "superres", "dynamics", "demo", "validate", "bench")
 _VALIDATE_OPTIONS = ("--rtol", "--backends", "--report")
+_VALIDATE_FLAGS = ("--overwrite",)  # the validated command writes nothing: it is validate's
 
 
 def _hoist_validate_options(argv: list[str]) -> list[str]:
@@ -858,6 +868,10 @@ def _hoist_validate_options(argv: list[str]) -> list[str]:
     while i < len(rest):
         token = rest[i]
         name = token.split("=", 1)[0]
+        if token in _VALIDATE_FLAGS:
+            options.append(token)
+            i += 1
+            continue
         if name in _VALIDATE_OPTIONS:
             if "=" in token:
                 options.append(token)
@@ -1040,6 +1054,38 @@ def _auto_levels(omega, m) -> int:
     return max(1, min(3, sum(min(d.m) >= 8 for d in domains)))
 
 
+def _register_levels(requested, domain) -> int | tuple[int, int] | None:
+    """``multireg.register``'s ``levels`` for ``--levels``: 'auto', K or FAIR's LO,HI.
+
+    Levels that the image does not have are refused, not trimmed: ``--levels 3,20`` on a
+    128×128 image (FAIR levels 0..7, level = ceil(log2 min m)) would run 3..7 while the user
+    believes 3..20 ran, so the error names the levels there are.
+    """
+    from multireg.grid import pyramid_domains
+
+    if requested == "auto":
+        return _auto_levels(domain.omega, domain.m)
+    if requested == 1:
+        return None
+    numbers = [d.level for d in pyramid_domains(domain, min_size=1)]  # coarsest first
+    size = "x".join(str(v) for v in domain.m)
+    if isinstance(requested, int):
+        if requested > len(numbers):
+            raise ValueError(
+                f"--levels {requested}: a {size} image has {len(numbers)} levels "
+                f"(FAIR levels {numbers[0]} to {numbers[-1]}); use --levels {len(numbers)} or fewer"
+            )
+        return requested
+    lo, hi = requested
+    if hi > numbers[-1]:
+        raise ValueError(
+            f"--levels {lo},{hi}: a {size} image has FAIR levels {numbers[0]} to {numbers[-1]} "
+            f"(level = ceil(log2 of the smallest size)); its finest is level {numbers[-1]}: "
+            f"use --levels {min(lo, numbers[-1])},{numbers[-1]}"
+        )
+    return requested
+
+
 _LAYOUTS = {
     "translation": "FAIR translation: y = x + (w1, w2[, w3])",
     "rigid": "FAIR rigid: 2D [phi, t1, t2] (rotation about the origin, then translation); "
@@ -1101,11 +1147,7 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
     T, R = _read_pair(args)
     bk = _backend(backend, args)
     device = _device(bk, args.device)
-    levels = args.levels
-    if levels == "auto":
-        levels = _auto_levels(R.omega, R.m)
-    elif levels == 1:
-        levels = None
+    levels = _register_levels(args.levels, R.domain)
     options = dict(
         transform=args.transform,
         distance=args.distance,
@@ -1166,7 +1208,7 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         "device": str(device) if device is not None else None,
         "settings": {
             **_settings(args, _REGISTER_SETTINGS if nonparametric else _PARAMETRIC_SETTINGS),
-            "levels_used": levels,
+            "levels_used": sorted({lv.level for lv in res.levels}),  # what ran
         },
         "template": T.describe(),
         "reference": R.describe(),
@@ -1599,15 +1641,18 @@ def _out_dir(args, name: str) -> Path:
 
 
 def _input_paths(args) -> list[Path]:
+    """The files a command reads: never written, and their absence is reported first."""
     return [
         Path(p)
-        for p in (getattr(args, k, None) for k in ("template", "reference", "frames"))
+        for p in (getattr(args, k, None) for k in ("template", "reference", "frames", "masks"))
         if p is not None
     ]
 
 
-def _plan(name: str, args) -> dict[str, Path]:
-    """The outputs a command will write, checked before any work (exists / is an input)."""
+def _plan(name: str, args) -> tuple[dict[str, Path], io.OutputSet]:
+    """The outputs a command will write, checked before any work: none is an input, none
+    exists without ``--overwrite``, every folder can be created and written
+    (:class:`multireg.io.OutputSet`, which also removes stale temporaries of killed runs)."""
     out = _out_dir(args, name)
     plan: dict[str, Path] = {}
     if name in ("register", "homotopy"):
@@ -1630,10 +1675,8 @@ def _plan(name: str, args) -> dict[str, Path]:
         _check_figures(function)
         plan["figure"] = out / filename
     plan["result"] = out / "result.json"
-    protect = _input_paths(args)
-    for path in plan.values():
-        io.check_output(path, overwrite=args.overwrite, protect=protect)
-    return plan
+    outputs = io.OutputSet(plan.values(), overwrite=args.overwrite, protect=_input_paths(args))
+    return plan, outputs
 
 
 _FIGURES = {
@@ -1687,49 +1730,46 @@ def _checks_host(x) -> np.ndarray:
     return np.asarray(to_host(x), dtype=np.float64)
 
 
-def _write(name: str, args, result: CommandResult, plan: dict[str, Path]) -> dict[str, Path]:
-    """Write a command's outputs (atomically; the plan was checked before the work)."""
-    opts = dict(overwrite=args.overwrite, protect=_input_paths(args))
-    written: dict[str, Path] = {}
+def _write(
+    name: str, args, result: CommandResult, plan: dict[str, Path], outputs: io.OutputSet
+) -> dict[str, Path]:
+    """Write a command's outputs as one unit: all of them appear, or none (an error or Ctrl-C
+    while writing leaves the folder as it was; :class:`multireg.io.OutputSet`). The plan was
+    checked before the work. Returns the paths written."""
     info = dict(result.info)
     info["outputs"] = {k: str(v) for k, v in plan.items()}
-    if name in ("register", "homotopy"):
-        R = result.inputs[1]
-        written["warped"] = io.write_image(plan["warped"], result["warped"], like=R, **opts)
-        if "displacement" in plan:
-            written["displacement"] = io.write_npz(
-                plan["displacement"],
-                displacement=result["displacement"],
-                y=result["displacement"] + R.domain.cell_centers().reshape(*R.m, R.dim),
-                omega=np.asarray(R.omega),
-                m=np.asarray(R.m),
-                **opts,
-            )
-    elif name == "superres":
-        info_omega = tuple(result.info["omega"])
-        written["reconstruction"] = io.write_npz(
-            plan["reconstruction"],
-            image=result["image"],
-            motions=result["motions"],
-            omega=np.asarray(info_omega),
-            **opts,
-        )
-        if "image" in plan:
-            (img,) = result.inputs
-            written["image"] = io.write_image(
-                plan["image"], result["image"], like=img, omega=img.omega, **opts
-            )
-    elif name == "dynamics":
-        arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
-        written["arrays"] = io.write_npz(plan["arrays"], **arrays, **opts)
-    if "figure" in plan:
-        with io.atomic_path(plan["figure"], **opts) as tmp:
-            _figure(name, result, tmp)
-        written["figure"] = plan["figure"]
     info.pop("first_frame", None)
     info.pop("truth_image", None)
-    written["result"] = io.write_json(plan["result"], info, **opts)
-    return written
+    with outputs:
+        at = outputs.stage  # where each planned output is written until the set is complete
+        if name in ("register", "homotopy"):
+            R = result.inputs[1]
+            io.write_image(at(plan["warped"]), result["warped"], like=R)
+            if "displacement" in plan:
+                io.write_npz(
+                    at(plan["displacement"]),
+                    displacement=result["displacement"],
+                    y=result["displacement"] + R.domain.cell_centers().reshape(*R.m, R.dim),
+                    omega=np.asarray(R.omega),
+                    m=np.asarray(R.m),
+                )
+        elif name == "superres":
+            io.write_npz(
+                at(plan["reconstruction"]),
+                image=result["image"],
+                motions=result["motions"],
+                omega=np.asarray(tuple(result.info["omega"])),
+            )
+            if "image" in plan:
+                (img,) = result.inputs
+                io.write_image(at(plan["image"]), result["image"], like=img, omega=img.omega)
+        elif name == "dynamics":
+            arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
+            io.write_npz(at(plan["arrays"]), **arrays)
+        if "figure" in plan:
+            _figure(name, result, at(plan["figure"]))
+        io.write_json(at(plan["result"]), info)
+    return dict(plan)
 
 
 def _summary(name: str, result: CommandResult, status: Status, written: dict) -> list[str]:
@@ -1768,9 +1808,9 @@ def _compute_and_write(name: str, args) -> int:
     for path in _input_paths(args):  # a missing input is the first thing to report
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file")
-    plan = _plan(name, args)
+    plan, outputs = _plan(name, args)
     result, status = COMMANDS[name](args, None)
-    written = _write(name, args, result, plan)
+    written = _write(name, args, result, plan, outputs)
     if not args.quiet:
         print("\n".join(_summary(name, result, status, written)))
     if status is not Status.CONVERGED:
@@ -1810,10 +1850,14 @@ def _validate(args) -> int:
     except ImportError as err:
         raise ImportError(f"this multireg has no validate module ({err})") from None
     argv = [args.validated, *args.args]
-    parse_command(argv)  # usage errors of the inner command, before any work
-    if args.report is not None:
-        io.check_output(args.report, overwrite=True, protect=())
-    report = run_command(argv, backends=args.backends, rtol=args.rtol, out=args.report)
+    _, inner = parse_command(argv)  # usage errors of the inner command, before any work
+    outputs = None
+    if args.report is not None:  # the same output rules as every command, before any work
+        outputs = io.OutputSet([args.report], overwrite=args.overwrite, protect=_input_paths(inner))
+    report = run_command(argv, backends=args.backends, rtol=args.rtol)
+    if outputs is not None:
+        with outputs:
+            outputs.stage(args.report).write_text(report.table(), encoding="utf-8")
     if not args.quiet:
         print(report.table())
     if not report.ok:
@@ -1874,7 +1918,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compute_and_write(name, args)
         return _HANDLERS[name](args)
     except KeyboardInterrupt:
-        print("multireg: interrupted; no output was left half-written", file=sys.stderr)
+        print(
+            "multireg: interrupted; the run's outputs were written all together or not at all",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except _INPUT_ERRORS as err:
         if name in ("demo", "bench") and not isinstance(err, _ENVIRONMENT_ERRORS):

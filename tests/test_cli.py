@@ -4,11 +4,14 @@ bad input with one-line errors and the documented exit codes, safe outputs, inte
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,10 @@ from multireg.data import blobs
 from multireg.optimize import Status
 
 from .conftest import AD_BACKENDS
+from .test_io import _tree
+from .test_io import unwritable_folder as _unwritable_folder
 
+unwritable_folder = _unwritable_folder  # the fixture, shared with the io tests
 pytestmark = pytest.mark.skipif(not AD_BACKENDS, reason="the commands need torch or JAX")
 # One backend for the tests that check wiring rather than numbers: torch runs small problems
 # without compiling (JAX compiles every new configuration, seconds each).
@@ -335,6 +341,185 @@ def test_interruption_leaves_the_old_outputs_intact(data, tmp_path, capsys, monk
     code, _, err = _run(capsys, *base, "--overwrite")
     assert code == 130 and "interrupted" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # no temp file either
+
+
+def _digests(*paths) -> dict:
+    """sha256 of each file: inputs must be byte-for-byte the same after any run."""
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
+def _inputs(data, tmp_path) -> tuple[Path, Path]:
+    """Private copies of the .npy pair (so that a test can look at everything in tmp_path)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    T, R = folder / "T.npy", folder / "R.npy"
+    shutil.copy(data["T.npy"], T)
+    shutil.copy(data["R.npy"], R)
+    return T, R
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupted_run_leaves_nothing_of_itself(data, tmp_path, capsys, monkeypatch, existing):
+    """Ctrl-C while the outputs are written: all of the run's outputs or none of them."""
+    T, R = _inputs(data, tmp_path)
+    out = tmp_path / "runs" / "out"
+    base = ("register", T, R, "--transform", "translation", "--levels", "1", "--max-iter", "3",
+            "--backend", FAST, "--out", out, "-q")  # fmt: skip
+    if existing:  # an earlier run's complete outputs, to be replaced with --overwrite
+        assert _run(capsys, *base)[0] in (0, 3)
+        assert sorted(os.listdir(out)) == ["result.json", "warped.npy"]
+    before, digests = _tree(tmp_path), _digests(T, R)
+
+    def interrupted(*args, **kwargs):  # warped.npy is written, result.json is next
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, "write_json", interrupted)
+    # fewer iterations than the earlier run: a new warped.npy would differ from the old one
+    code, _, err = _run(capsys, *base, "--max-iter", "1", "--overwrite")
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert _tree(tmp_path) == before  # not one file of the run, not one temporary
+    assert _digests(T, R) == digests
+
+
+def test_a_killed_run_s_temporaries_are_removed_by_the_next_run(data, tmp_path, capsys):
+    """kill -9 while writing leaves recognisable temporaries; the next run removes them, and
+    nothing else."""
+    T, R = _inputs(data, tmp_path)
+    out = tmp_path / "out"
+    argv = ["register", str(T), str(R), "--transform", "translation", "--levels", "1",
+            "--max-iter", "2", "--backend", FAST, "--out", str(out), "-q"]  # fmt: skip
+    code = f"""
+        import os, signal
+        from multireg import cli, io
+        def killed(*args, **kwargs):
+            print(os.getpid(), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        io.write_json = killed  # after warped.npy, before result.json
+        cli.main({argv!r})
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == -9, done.stderr
+    pid = int(done.stdout)
+    left = sorted(set(os.listdir(tmp_path)) - {"in"})
+    assert not out.exists() and left, left
+    assert all(re.match(rf"\.multireg-tmp-{pid}-[0-9a-f]{{8}}-", name) for name in left), left
+    decoys = [".multireg-tmp-notapid-out", ".out.tmp", "multireg-tmp-1-out"]
+    for name in decoys:
+        (tmp_path / name).write_text("not multireg's to remove")
+    code, _, err = _run(capsys, *argv)
+    assert code in (0, 3), err
+    assert sorted(os.listdir(tmp_path)) == sorted(["in", "out", *decoys])
+    assert sorted(os.listdir(out)) == ["result.json", "warped.npy"]
+
+
+def test_an_unwritable_out_is_reported_before_any_work(
+    data, tmp_path, capsys, monkeypatch, unwritable_folder
+):
+    calls = []
+
+    def register(args, backend=None):
+        calls.append(args)
+        raise AssertionError("computed before checking the outputs")
+
+    monkeypatch.setitem(cli.COMMANDS, "register", register)
+    (tmp_path / "file").write_text("a file")
+    before, digests = _tree(tmp_path), _digests(data["T.npy"], data["R.npy"])
+    base = ("register", data["T.npy"], data["R.npy"], "--backend", FAST, "-q")
+    cases = [
+        (("--out", tmp_path / "file" / "out"), tmp_path / "file" / "out"),  # under a file
+        (("--out", tmp_path / "file"), tmp_path / "file"),  # a file
+        (("--out", unwritable_folder), unwritable_folder),  # read-only
+        (("--out", unwritable_folder / "new" / "out"), unwritable_folder / "new" / "out"),
+        (("--out", tmp_path / "ok", "--warped", tmp_path / "file" / "w.npy"), tmp_path / "file"),
+    ]
+    for options, named in cases:
+        code, _, err = _run(capsys, *base, *options)
+        assert code == 2, (options, err)
+        assert str(named) in _one_line_error(err), (options, err)
+    assert calls == []
+    assert _tree(tmp_path) == before and _digests(data["T.npy"], data["R.npy"]) == digests
+
+
+def test_validate_report_obeys_the_output_rules(data, tmp_path, capsys, monkeypatch):
+    """--report FILE: never over an input (even a read-only one), never over an existing file
+    without --overwrite, never through a symbolic link, checked before any work."""
+    pytest.importorskip("multireg.validate")
+    calls = []
+
+    def register(args, backend=None):  # the command, cheaply: validate's wiring is tested
+        calls.append(backend)
+        return cli.CommandResult({"objective": 1.0, "iterations": 1}, info={}), Status.CONVERGED
+
+    monkeypatch.setitem(cli.COMMANDS, "register", register)
+    T, R = _inputs(data, tmp_path)
+    R.chmod(0o444)
+    existing = tmp_path / "existing.md"
+    existing.write_text("keep me")
+    target = tmp_path / "target.md"
+    target.write_text("precious")
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    (tmp_path / "file").write_text("a file")
+    digests = _digests(T, R)
+    base = ("validate", "register", T, R, "--levels", "1", "-q")
+    for report, message in (
+        (R, "over an input"),
+        (existing, "--overwrite"),
+        (link, "--overwrite"),
+        (tmp_path / "file" / "report.md", "file"),
+    ):
+        code, _, err = _run(capsys, *base, "--report", report)
+        assert code == 2, (report, err)
+        assert message in _one_line_error(err) and str(report.parent) in err
+    assert calls == []  # refused before any work
+    code, _, err = _run(capsys, *base, "--report", R, "--overwrite")  # an input, even so
+    assert code == 2 and "over an input" in _one_line_error(err)
+    assert _digests(T, R) == digests and existing.read_text() == "keep me"
+    code, _, err = _run(capsys, *base, "--report", link, "--overwrite")
+    assert code == 0, err
+    assert target.read_text() == "precious" and not link.is_symlink()
+    assert "| " in link.read_text()
+    code, _, err = _run(capsys, "validate", "--overwrite", "--report", existing, *base[1:])
+    assert code == 0, err
+    assert existing.read_text().startswith(link.read_text()[:20]) and "| " in existing.read_text()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]  # no temporaries left
+    assert _digests(T, R) == digests
+
+
+def test_backend_choices_offer_only_what_works(data, capsys):
+    """Every command computes with derivatives: a backend without them is not offered."""
+    commands = _subparsers(cli.build_parser())
+    for name in ("register", "homotopy", "superres", "dynamics", "demo"):
+        (action,) = [a for a in commands[name]._actions if "--backend" in a.option_strings]
+        assert set(action.choices) >= set(AD_BACKENDS) and "numpy" not in action.choices, name
+    with pytest.raises(SystemExit):
+        main(["register", "--help"])
+    assert "numpy" not in capsys.readouterr().out
+    code, _, err = _run(capsys, "register", data["T.npy"], data["R.npy"], "--backend", "numpy")
+    assert code == 2 and "invalid choice: 'numpy'" in _one_line_error(err)
+
+
+def test_levels_record_what_ran_and_refuse_what_the_image_lacks(data, tmp_path, capsys):
+    """32×28 has FAIR levels 0..5 (ceil(log2 28) = 5): --levels 3,20 asked for levels that do not
+    exist; refused before any work rather than run as 3..5 and recorded as 3..20."""
+    out = tmp_path / "out"
+    base = ("register", data["T.npy"], data["R.npy"], "--transform", "translation",
+            "--max-iter", "3", "--backend", FAST, "-q")  # fmt: skip
+    for levels, message in (("3,20", "finest is level 5"), ("7", "has 6 levels")):
+        code, _, err = _run(capsys, *base, "--levels", levels, "--out", out)
+        assert code == 2, err
+        line = _one_line_error(err)
+        assert f"--levels {levels}" in line and message in line
+        assert not out.exists()
+    code, _, err = _run(capsys, *base, "--levels", "3,5", "--out", out)
+    assert code in (0, 3), err
+    result = _result(out)
+    assert result["settings"]["levels_used"] == [3, 4, 5]
+    assert [lv["level"] for lv in result["levels"]] == [3, 4, 5]
+    assert [lv["m"] for lv in result["levels"]] == [[8, 7], [16, 14], [32, 28]]
 
 
 def test_unexpected_error_exits_1_and_debug_shows_the_traceback(data, capsys, monkeypatch):
