@@ -1851,6 +1851,12 @@ def _validate(args) -> int:
         raise ImportError(f"this multireg has no validate module ({err})") from None
     argv = [args.validated, *args.args]
     _, inner = parse_command(argv)  # usage errors of the inner command, before any work
+    wrong = [b for b in args.backends or () if b not in _backend_names()]
+    if wrong:  # e.g. numpy: forward-only, so no command can run on it
+        raise ValueError(
+            f"--backends: cannot validate on {', '.join(map(repr, wrong))}; "
+            f"choose from {', '.join(_backend_names())}"
+        )
     outputs = None
     if args.report is not None:  # the same output rules as every command, before any work
         outputs = io.OutputSet([args.report], overwrite=args.overwrite, protect=_input_paths(inner))
@@ -1874,8 +1880,8 @@ def _bench(args) -> int:
         from multireg.report import write_bench_report
     except ImportError as err:
         raise ImportError(f"this multireg has no report module ({err})") from None
-    if args.out is not None:
-        io.check_output(args.out, overwrite=args.overwrite)
+    if args.out is not None:  # refused or unwritable: said before the benchmarks run
+        io.OutputSet([args.out], overwrite=args.overwrite)
     options: dict = {}
     for key, value in (("quiet", args.quiet), ("run", not args.no_run), ("timeout", args.timeout)):
         if _accepts(write_bench_report, key):

@@ -500,6 +500,9 @@ def test_backend_choices_offer_only_what_works(data, capsys):
     assert "numpy" not in capsys.readouterr().out
     code, _, err = _run(capsys, "register", data["T.npy"], data["R.npy"], "--backend", "numpy")
     assert code == 2 and "invalid choice: 'numpy'" in _one_line_error(err)
+    argv = ("validate", "--backends", "torch,numpy", "register", data["T.npy"], data["R.npy"])
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "--backends: cannot validate on 'numpy'" in _one_line_error(err)
 
 
 def test_levels_record_what_ran_and_refuse_what_the_image_lacks(data, tmp_path, capsys):
@@ -647,6 +650,9 @@ def test_bench_and_demo_are_wired(tmp_path, capsys, monkeypatch):
     assert code == 0 and calls["bench"] == (target, True, ["kernels"]) and str(target) in stdout
     code, _, err = _run(capsys, "bench", "--out", target)
     assert code == 2 and "--overwrite" in _one_line_error(err)
+    calls.clear()
+    code, _, err = _run(capsys, "bench", "--out", target / "REPORT.md")  # under a file
+    assert code == 2 and str(target) in _one_line_error(err) and "bench" not in calls
     code, _, _ = _run(capsys, "demo", "--backend", FAST, "--out", tmp_path / "d", "-q")
     assert code == 0 and calls["demo"] == ([FAST], tmp_path / "d", True)
 
