@@ -298,6 +298,30 @@ def _common(*, backend: bool = True) -> argparse.ArgumentParser:
     g.add_argument(
         "--debug", action="store_true", help="print the traceback of an error (for bug reports)"
     )
+
+    def thread_count(text: str) -> int:
+        if _count(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        return int(text)
+
+    class Threads(argparse.Action):
+        # exported as MULTIREG_THREADS at parse time: every backend created afterwards reads it,
+        # in this process and in the ones it starts (validate, bench)
+        def __call__(self, parser, namespace, values, option_string=None):
+            import os
+
+            os.environ["MULTIREG_THREADS"] = str(values)
+            setattr(namespace, self.dest, values)
+
+    g.add_argument(
+        "--threads",
+        type=thread_count,
+        action=Threads,
+        default=None,
+        metavar="N",
+        help="CPU threads per computation (default: $MULTIREG_THREADS, else half the CPUs, "
+        "at most 4; torch's own default oversubscribes a shared machine)",
+    )
     return p
 
 

@@ -1,0 +1,162 @@
+"""The adapters' boundary: any NumPy layout converts, and the thread setting takes effect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from multireg import _threads
+from multireg._backend import _instance
+
+from .conftest import BACKENDS
+
+# ------------------------------------------------------------------ any NumPy layout (issue 12.9)
+
+DTYPES = ["f8", "f4", "i4", "i8", "u1", "i2"]
+
+
+@st.composite
+def layouts(draw):
+    """A NumPy array as users hand one over: any dtype and byte order, then a view of it with
+    reversed or stepped axes, transposed, Fortran-ordered and/or read-only. Returns the array and
+    a copy of its (untouched) base, to check afterwards that the adapter wrote nothing."""
+    kind = draw(st.sampled_from(DTYPES))
+    order = draw(st.sampled_from("<>"))
+    dtype = np.dtype(order + kind)
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5))
+    if dtype.kind == "f":
+        elements = st.floats(-1e3, 1e3, width=8 * dtype.itemsize)
+    else:
+        info = np.iinfo(dtype)
+        elements = st.integers(max(int(info.min), -1000), min(int(info.max), 1000))
+    base = draw(hnp.arrays(dtype, shape, elements=elements))
+    if draw(st.booleans()):
+        base = np.asfortranarray(base)
+    steps = draw(st.tuples(*[st.sampled_from([1, -1, 2, -2])] * base.ndim))
+    view = base[tuple(slice(None, None, s) for s in steps)]
+    view = view.transpose(draw(st.permutations(range(view.ndim))))
+    if draw(st.booleans()):
+        view.flags.writeable = False
+    return view, base.copy()
+
+
+def _expected_dtype(a: np.ndarray) -> str:
+    return {"f8": "float64", "f4": "float32"}.get(a.dtype.kind + str(a.dtype.itemsize), "float64")
+
+
+def _adapter(name: str):
+    if name == "array_api_strict":  # the NumPy backend on the strict namespace
+        from multireg_numpy import NumpyBackend
+
+        return NumpyBackend(xp=pytest.importorskip("array_api_strict"))
+    return _instance(name)
+
+
+@pytest.mark.parametrize("name", [*BACKENDS, "array_api_strict"])
+@given(case=layouts())
+def test_asarray_accepts_every_numpy_layout_and_never_writes_to_it(name, case):
+    bk = _adapter(name)
+    a, pristine = case
+    writeable = a.flags.writeable
+    x = bk.asarray(a)
+    out = bk.to_numpy(x)
+    assert str(x.dtype).rpartition(".")[2] == _expected_dtype(a)
+    assert out.shape == a.shape
+    np.testing.assert_array_equal(out, a.astype(_expected_dtype(a)))
+    # the converted array computes like any other
+    np.testing.assert_allclose(
+        float(bk.to_numpy(bk.xp.sum(x * 2.0))), 2.0 * float(np.sum(a, dtype=np.float64)), rtol=1e-6
+    )
+    # and the user's array is as it was: values, flags
+    base = a.base if a.base is not None else a
+    np.testing.assert_array_equal(base, pristine)
+    assert a.flags.writeable == writeable
+
+
+def test_asarray_fair_orientation_on_every_backend(bk):
+    """FAIR reads a picture as flipud(img).T: negative strides, a transposed view."""
+    img = np.arange(12.0).reshape(3, 4)
+    fair = img[::-1].T
+    np.testing.assert_array_equal(bk.to_numpy(bk.asarray(fair)), fair)
+    np.testing.assert_array_equal(bk.to_numpy(bk.asarray(fair, dtype="float32")), fair)
+
+
+# ------------------------------------------------------------------ threads (issue 12.13)
+
+
+def _python(code: str, **env: str | None) -> str:
+    environ = dict(os.environ)
+    for key in ("MULTIREG_THREADS", "OMP_NUM_THREADS", "MULTIREG_BACKEND", "XLA_FLAGS"):
+        environ.pop(key, None)
+    environ.update({k: v for k, v in env.items() if v is not None})
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environ
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+TORCH_THREADS = """
+    import multireg
+    multireg.get_backend("torch")
+    import torch
+    print(torch.get_num_threads())
+"""
+
+
+def _needs(name: str) -> None:
+    if name not in BACKENDS:
+        pytest.skip(f"needs {name}")
+
+
+def test_torch_uses_the_default_thread_count():
+    _needs("torch")
+    expected = _threads.default_threads()
+    assert 1 <= expected <= _threads.MAX_DEFAULT
+    assert _python(TORCH_THREADS) == str(expected)
+
+
+def test_multireg_threads_sets_torch_threads():
+    _needs("torch")
+    assert _python(TORCH_THREADS, MULTIREG_THREADS="3") == "3"
+    assert _python(TORCH_THREADS, MULTIREG_THREADS="1") == "1"
+
+
+def test_omp_num_threads_is_respected_when_multireg_threads_is_unset():
+    _needs("torch")
+    own = _python("import torch; print(torch.get_num_threads())", OMP_NUM_THREADS="2")
+    assert _python(TORCH_THREADS, OMP_NUM_THREADS="2") == own  # torch's reading of it stands
+    assert _python(TORCH_THREADS, OMP_NUM_THREADS="2", MULTIREG_THREADS="3") == "3"
+
+
+def test_cli_threads_option_sets_torch_threads():
+    _needs("torch")
+    code = 'from multireg.cli import parse_command\nparse_command(["demo", "--threads", "3"])\n'
+    assert _python(code + textwrap.dedent(TORCH_THREADS)) == "3"
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
+def test_bad_multireg_threads_is_a_clear_error(bad, monkeypatch):
+    monkeypatch.setenv("MULTIREG_THREADS", bad)
+    with pytest.raises(ValueError, match="MULTIREG_THREADS must be a positive integer"):
+        _threads.threads()
+
+
+def test_jax_one_thread_turns_off_xla_multithreading():
+    _needs("jax")
+    code = """
+        import os
+        import multireg
+        bk = multireg.get_backend("jax")
+        print(float(bk.xp.sum(bk.asarray([1.0, 2.0]))), os.environ.get("XLA_FLAGS"))
+    """
+    assert _python(code, MULTIREG_THREADS="1") == "3.0 --xla_cpu_multi_thread_eigen=false"
+    assert _python(code, MULTIREG_THREADS="2") == "3.0 None"  # XLA sizes its own pool
