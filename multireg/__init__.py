@@ -25,6 +25,7 @@ from multireg.interpolation import (
     spline_coefficients,
     spline_interpolate,
 )
+from multireg.many import register_many
 from multireg.registration import RegistrationResult, register
 from multireg.regularizers import Curvature, Diffusive, Elastic, Regularizer, regularizer
 from multireg.transforms import Affine, BSpline, Rigid, Transform, Translation, transform
@@ -67,6 +68,7 @@ __all__ = [
     "multilevel",
     "optimize",
     "register",
+    "register_many",
     "regularizer",
     "resolve_backend",
     "restrict",

@@ -24,6 +24,7 @@ adapter copies it, and it never writes to the user's array.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import array_api_compat
@@ -33,6 +34,21 @@ from multireg import _threads
 from multireg._dtypes import float_dtype_name
 
 __all__ = ["TorchBackend"]
+
+# torch's forward-mode AD keeps its dual levels in process-wide state: two threads in jvp at once
+# corrupt each other's levels ("Trying to create a dual Tensor for forward AD but no level
+# exists"; seen with register_many on a thread pool). Forward-mode calls therefore take this
+# lock; reentrant, because a jvp may run inside another (hvp, vmapped jvps).
+_FORWARD_AD = threading.RLock()
+
+
+def _serialised(fn):
+    def call(*args, **kwargs):
+        with _FORWARD_AD:
+            return fn(*args, **kwargs)
+
+    return call
+
 
 # Read once, before this adapter may set it to multireg's cache folder.
 _USER_INDUCTOR_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -92,20 +108,22 @@ class TorchBackend:
         return value_and_grad
 
     def jvp(self, f, x, v):
-        return self._func.jvp(f, (x,), (v,))
+        with _FORWARD_AD:
+            return self._func.jvp(f, (x,), (v,))
 
     def vjp(self, f, x):
         out, pullback = self._func.vjp(f, x)
         return out, lambda u: pullback(u)[0]
 
     def hvp(self, f, x, v):
-        return self._func.jvp(self._func.grad(f), (x,), (v,))[1]
+        with _FORWARD_AD:
+            return self._func.jvp(self._func.grad(f), (x,), (v,))[1]
 
     def jacobian(self, f):
-        return self._func.jacfwd(f)
+        return _serialised(self._func.jacfwd(f))
 
     def hessian(self, f):
-        return self._func.hessian(f)
+        return _serialised(self._func.hessian(f))
 
     def vmap(self, f, in_axes: Any = 0):
         return self._func.vmap(f, in_dims=in_axes)
