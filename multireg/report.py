@@ -10,7 +10,9 @@ wall time), a table of contents, and one section per script. A script that fails
 writes no table, is reported in its section with the end of its output, never silently dropped.
 
 The bench/ scripts belong to the repository, not to the installed package: the report is made
-from a checkout (``bench/`` next to the ``multireg`` package folder, or ``bench_dir=``).
+from a checkout (``bench/`` next to the ``multireg`` package folder, as in an editable install;
+else the checkout holding the current directory, as after ``pip install .`` in a clone; or
+``bench_dir=``). The scripts then import the installed multireg.
 With ``run=False`` nothing is run and the report is assembled from the tables already in
 ``bench/out/`` (bench/_harness.py does this after every script, so REPORT.md stays current).
 """
@@ -39,21 +41,37 @@ REPORT_NAME = "REPORT"
 _TAIL = 40  # lines of output kept from a failing script
 
 
+def _is_checkout(root: Path) -> bool:
+    """Is ``root`` a checkout of multireg: bench/ with its harness beside multireg's pyproject?"""
+    pyproject = root / "pyproject.toml"
+    if not (root / "bench" / "_harness.py").is_file() or not pyproject.is_file():
+        return False
+    return (
+        re.search(r'^name\s*=\s*"multireg"', pyproject.read_text(errors="replace"), re.M)
+        is not None
+    )
+
+
 def find_bench_dir(path: str | os.PathLike | None = None) -> Path:
-    """The bench/ folder: ``path`` if given, else ``bench/`` next to the package's folder."""
+    """The bench/ folder: ``path`` if given; else ``bench/`` next to the package's folder (a
+    source tree or an editable install); else that of the checkout holding the current directory
+    (a clone installed with ``pip install .``, whose package in site-packages has no bench/).
+    """
     if path is not None:
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"bench_dir {str(folder)!r} is not a folder")
         return folder.resolve()
-    folder = Path(__file__).resolve().parent.parent / "bench"
-    if not (folder / "_harness.py").is_file():
-        raise FileNotFoundError(
-            "the benchmarks are part of the multireg repository, not of the installed package: "
-            f"no bench/ folder at {str(folder)!r}. Clone the repository, install it with "
-            'pip install -e ".[all]" and run multireg bench from the checkout'
-        )
-    return folder
+    beside = Path(__file__).resolve().parent.parent
+    cwd = Path.cwd().resolve()
+    for root in (beside, cwd, *cwd.parents):
+        if _is_checkout(root):
+            return root / "bench"
+    raise FileNotFoundError(
+        "the benchmark scripts are in the bench/ folder of a clone of the multireg repository, "
+        f"not in the installed package ({str(beside)!r}), and {str(cwd)!r} is not inside a "
+        "clone: run multireg bench inside the clone"
+    )
 
 
 def _scripts(folder: Path, scripts: Sequence[str] | None) -> list[str]:
