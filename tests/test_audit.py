@@ -223,3 +223,14 @@ def test_quick_api_case(ctx, case):
 def test_command_line_case(ctx, case):
     outcome = _verdict(ctx, case)
     assert outcome.verdict == "ok", (outcome.error, outcome.problems)
+
+
+@pytest.mark.parametrize(
+    ("message", "verdict"),
+    [("T contains NaN or Inf", "ok"), ("j_stop must be finite, got inf", "POOR ERROR")],
+)
+def test_a_short_argument_name_must_appear_as_a_word(ctx, message, verdict):
+    case = Case(
+        "fake-api-names-T", "api", "error", call=_raise(ValueError(message)), mentions=("T",)
+    )
+    assert _verdict(ctx, case).verdict == verdict
