@@ -6,9 +6,26 @@ returns it as a :class:`pathlib.Path`. The figures are matplotlib ``Figure`` obj
 pyplot, so nothing is left open, no GUI backend is touched and the caller's pyplot state is not
 changed. The pixel size of a raster file is the documented figure size (inches) times ``dpi``.
 
-Orientation: an image array is indexed ``[i1, i2]`` along ``(x1, x2)`` (DESIGN.md §4), and is
-drawn with x1 to the right and x2 upwards, over the domain ``omega`` when it is known (FAIR's
-``viewImage2D`` convention). Of a 3D volume the figures show the middle slice across x3.
+Orientation: an image array is indexed ``[i1, i2]`` along ``(x1, x2)`` (DESIGN.md §4). Every
+function that draws an image takes ``orientation``:
+
+``"image"`` (the default)
+    x1 down, x2 to the right, the first row at the top: the array looks as NumPy, Pillow and an
+    image viewer show it. :func:`multireg.io.read_image` reads a PNG, JPEG or TIFF with the row
+    index as x1 and the column index as x2, so its figures look like the file; the same holds for
+    ``.npy``/``.npz`` arrays and for everything the demo and the synthetic data make.
+``"xy"``
+    x1 to the right, x2 upwards, the origin at the bottom left (FAIR's ``viewImage2D``). This is
+    for arrays in FAIR's orientation, ``flipud(img).T`` (:func:`multireg.data.load_fair`): they
+    look like the file only this way (with ``"image"`` they appear rotated by 90°). It is also how
+    a NIfTI viewer shows an axial slice in the neurological convention (x to the right, y up;
+    :func:`multireg.io.read_image` orders NIfTI axes so that the index grows with the world
+    coordinate).
+
+The array carries no mark of its convention, so the caller chooses; the axes are labelled x₁ and
+x₂ so that a wrong choice is visible. The axes span the domain ``omega`` when it is known (else
+the cell indices). Of a 3D volume the figures show the middle slice across x3 (x1 and x2 as
+above).
 
 Host-side plotting code: arrays of any framework are brought to NumPy first. matplotlib is the
 optional extra ``plot`` (``pip install "multireg[plot]"``).
@@ -42,6 +59,10 @@ __all__ = [
     "registration_figure",
     "superres_figure",
 ]
+
+ORIENTATIONS = ("image", "xy")
+"""How an ``[i1, i2]`` array is drawn: x1 down and x2 right (``"image"``), or x1 right and x2 up
+(``"xy"``, FAIR's); see the module docstring."""
 
 # figure sizes in inches (pixels = inches × dpi)
 SIZES = {
@@ -153,12 +174,35 @@ def _extent(omega: Any, shape: tuple[int, ...]) -> tuple[float, float, float, fl
     return omega[:4]
 
 
-def _show(ax: Any, a: np.ndarray, extent: Any, **kw: Any) -> Any:
-    """Draw an [i1, i2] array with x1 to the right and x2 upwards."""
-    img = np.swapaxes(a, 0, 1)
-    im = ax.imshow(img, origin="lower", extent=extent, interpolation="nearest", **kw)
-    ax.set_xlabel("x₁")
-    ax.set_ylabel("x₂")
+def _orientation(orientation: Any) -> str:
+    return _checks.choice("orientation", orientation, ORIENTATIONS)
+
+
+def _axes(ax: Any, extent: Any, orientation: str) -> None:
+    """Limits and labels of a panel over the domain box ``extent = (a1, b1, a2, b2)``."""
+    a1, b1, a2, b2 = extent
+    if orientation == "image":  # x1 grows downwards, as the row index of a picture
+        ax.set_xlim(a2, b2)
+        ax.set_ylim(b1, a1)
+        ax.set_xlabel("x₂")
+        ax.set_ylabel("x₁")
+    else:
+        ax.set_xlim(a1, b1)
+        ax.set_ylim(a2, b2)
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
+
+
+def _show(ax: Any, a: np.ndarray, extent: Any, orientation: str, **kw: Any) -> Any:
+    """Draw an ``[i1, i2]`` array (or ``[i1, i2, rgb]``) over the domain box ``extent``."""
+    a1, b1, a2, b2 = extent
+    if orientation == "image":
+        # imshow's own layout: the first index down, the second to the right
+        im = ax.imshow(a, origin="upper", extent=(a2, b2, b1, a1), interpolation="nearest", **kw)
+    else:
+        img = np.swapaxes(a, 0, 1)
+        im = ax.imshow(img, origin="lower", extent=extent, interpolation="nearest", **kw)
+    _axes(ax, extent, orientation)
     return im
 
 
@@ -175,12 +219,12 @@ def _checkerboard(A: np.ndarray, B: np.ndarray, tiles: int = 8) -> np.ndarray:
     return np.where((i + j) % 2 == 0, a, b)
 
 
-def _draw_pair(ax_fuse: Any, ax_check: Any, A, B, extent, label: str) -> None:
+def _draw_pair(ax_fuse: Any, ax_check: Any, A, B, extent, label: str, orientation: str) -> None:
     if ax_fuse is not None:
-        _show(ax_fuse, _fusion(A, B), extent)
+        _show(ax_fuse, _fusion(A, B), extent, orientation)
         ax_fuse.set_title(f"{label}: template magenta, reference green", fontsize=9)
     if ax_check is not None:
-        _show(ax_check, _checkerboard(A, B), extent, cmap="gray", vmin=0, vmax=1)
+        _show(ax_check, _checkerboard(A, B), extent, orientation, cmap="gray", vmin=0, vmax=1)
         ax_check.set_title(f"{label}: checkerboard", fontsize=9)
 
 
@@ -209,24 +253,25 @@ def _points(y: Any, domain: Domain) -> list[np.ndarray]:
     )
 
 
-def _draw_grid(ax: Any, Y: list[np.ndarray], domain: Domain, every: int, image=None) -> None:
+def _draw_grid(
+    ax: Any, Y: list[np.ndarray], domain: Domain, every: int, orientation: str, image=None
+) -> None:
     if domain.dim == 3:
         mid = domain.m[2] // 2
         Y = [c[:, :, mid] for c in Y[:2]]
     extent = _extent(domain.omega, domain.m)
     if image is not None:
-        _show(ax, image, extent, cmap="gray")
+        _show(ax, image, extent, orientation, cmap="gray")
     y1, y2 = Y
+    # the horizontal coordinate first: x2 in the image orientation, x1 in FAIR's
+    h, v = (y2, y1) if orientation == "image" else (y1, y2)
     m1, m2 = y1.shape
     for i in sorted({*range(0, m1, every), m1 - 1}):
-        ax.plot(y1[i, :], y2[i, :], color="tab:red", lw=0.7)
+        ax.plot(h[i, :], v[i, :], color="tab:red", lw=0.7)
     for j in sorted({*range(0, m2, every), m2 - 1}):
-        ax.plot(y1[:, j], y2[:, j], color="tab:red", lw=0.7)
-    ax.set_xlim(extent[0], extent[1])
-    ax.set_ylim(extent[2], extent[3])
+        ax.plot(h[:, j], v[:, j], color="tab:red", lw=0.7)
+    _axes(ax, extent, orientation)
     ax.set_aspect("equal")
-    ax.set_xlabel("x₁")
-    ax.set_ylabel("x₂")
 
 
 def _check_every(every: Any, domain: Domain) -> int:
@@ -266,7 +311,7 @@ def _determinant(y: Any, domain: Domain, kind: str | None) -> np.ndarray:
     return det[:, :, det.shape[2] // 2] if det.ndim == 3 else det
 
 
-def _draw_jacobian(fig: Any, ax: Any, det: np.ndarray, domain: Domain) -> None:
+def _draw_jacobian(fig: Any, ax: Any, det: np.ndarray, domain: Domain, orientation: str) -> None:
     from matplotlib.colors import ListedColormap, TwoSlopeNorm
 
     lo, hi = float(np.min(det)), float(np.max(det))
@@ -274,16 +319,16 @@ def _draw_jacobian(fig: Any, ax: Any, det: np.ndarray, domain: Domain) -> None:
     if lo < 1 < hi:  # both compression and expansion: a diverging map centred at 1
         spread = max(1 - lo, hi - 1)
         norm = TwoSlopeNorm(vcenter=1.0, vmin=1 - spread, vmax=1 + spread)
-        im = _show(ax, det, extent, cmap="RdBu_r", norm=norm)
+        im = _show(ax, det, extent, orientation, cmap="RdBu_r", norm=norm)
     else:  # one-sided (e.g. a global scaling): the variation on a sequential map
         pad = 1e-6 * max(abs(lo), 1.0) if hi - lo < 1e-6 * max(abs(lo), 1.0) else 0.0
         cmap = "Blues_r" if hi <= 1 else "Reds"
-        im = _show(ax, det, extent, cmap=cmap, vmin=lo - pad, vmax=hi + pad)
+        im = _show(ax, det, extent, orientation, cmap=cmap, vmin=lo - pad, vmax=hi + pad)
     fig.colorbar(im, ax=ax, label="det ∇y")
     folds = det <= 0
     if np.any(folds):
         mask = np.ma.masked_where(~folds, np.ones_like(det))
-        _show(ax, mask, extent, cmap=ListedColormap(["black"]), vmin=0, vmax=1)
+        _show(ax, mask, extent, orientation, cmap=ListedColormap(["black"]), vmin=0, vmax=1)
     n_folds = int(np.sum(folds))
     fold_text = f", {n_folds} folded cells (black)" if n_folds else ", no folds"
     ax.set_title(f"det ∇y in [{lo:.4g}, {hi:.4g}]{fold_text}", fontsize=9)
@@ -358,16 +403,23 @@ def _draw_convergence(ax_j: Any, ax_g: Any, histories) -> None:
 
 
 def overlay(
-    T: Any, R: Any, path: Any, *, warped: Any = None, omega: Any = None, dpi: float = 100
+    T: Any,
+    R: Any,
+    path: Any,
+    *,
+    warped: Any = None,
+    omega: Any = None,
+    orientation: str = "image",
+    dpi: float = 100,
 ) -> Path:
     """Template and reference before (and, with ``warped``, after) registration: a false-colour
     fusion (template magenta, reference green, agreement grey) and a checkerboard of each pair.
 
     ``T``, ``R``, ``warped``: images of one shape (2D; 3D: the middle slice); ``omega``: the
-    domain, for the axes (default: cell indices). Size 8×8 in with ``warped`` (two rows: before,
-    after), else 8×4 in.
+    domain, for the axes (default: cell indices); ``orientation``: ``"image"`` or ``"xy"`` (see
+    the module docstring). Size 8×8 in with ``warped`` (two rows: before, after), else 8×4 in.
     """
-    path, dpi = _check_path(path), _check_dpi(dpi)
+    path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     names, arrays = ["T", "R"], [T, R]
     if warped is not None:
         names.append("warped")
@@ -378,9 +430,9 @@ def overlay(
     fig = _figure("overlay" if warped is not None else "overlay_single")
     rows = 2 if warped is not None else 1
     axes = fig.subplots(rows, 2, squeeze=False)
-    _draw_pair(axes[0][0], axes[0][1], images[0], images[1], extent, "before")
+    _draw_pair(axes[0][0], axes[0][1], images[0], images[1], extent, "before", orientation)
     if warped is not None:
-        _draw_pair(axes[1][0], axes[1][1], images[2], images[1], extent, "after")
+        _draw_pair(axes[1][0], axes[1][1], images[2], images[1], extent, "after", orientation)
     return _save(fig, path, dpi)
 
 
@@ -391,15 +443,17 @@ def deformed_grid(
     *,
     every: int | None = None,
     image: Any = None,
+    orientation: str = "image",
     dpi: float = 100,
 ) -> Path:
     """The transformed grid: y at the cell centres, every ``every``-th grid line in each
     direction (default: about 16 lines), over ``image`` if given (e.g. the template).
 
     ``y``: ``(n, d)`` points (``RegistrationResult.y``) or the stacked cell-centred vector of
-    ``domain``. FAIR's ``plotGrid`` (book §3.4). Size 6×6 in.
+    ``domain``; ``orientation``: ``"image"`` or ``"xy"`` (module docstring). FAIR's ``plotGrid``
+    (book §3.4). Size 6×6 in.
     """
-    path, dpi = _check_path(path), _check_dpi(dpi)
+    path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     domain = _domain(domain)
     every = _check_every(every, domain)
     Y = _points(y, domain)
@@ -411,13 +465,19 @@ def deformed_grid(
             raise ValueError(f"image must have shape {domain.m}, got {tuple(image.shape)}")
     fig = _figure("deformed_grid")
     ax = fig.subplots()
-    _draw_grid(ax, Y, domain, every, background)
+    _draw_grid(ax, Y, domain, every, orientation, background)
     ax.set_title(f"deformed grid (every {every}. line)", fontsize=9)
     return _save(fig, path, dpi)
 
 
 def jacobian_map(
-    y: Any, domain: Domain, path: Any, *, kind: str | None = None, dpi: float = 100
+    y: Any,
+    domain: Domain,
+    path: Any,
+    *,
+    kind: str | None = None,
+    orientation: str = "image",
+    dpi: float = 100,
 ) -> Path:
     """det ∇y per cell with a colour bar (blue: compression, red: expansion; a diverging map
     centred at 1 when both occur); folded cells (det ≤ 0) are black and counted in the title.
@@ -425,14 +485,15 @@ def jacobian_map(
     ``y``: ``(n, d)`` points at the cell centres, or a stacked grid vector (``kind``
     ``"cell-centered"``, ``"nodal"`` or ``"staggered"``, inferred from its length when
     unambiguous; ``RegistrationResult.y_grid`` is staggered for elastic and diffusive). The
-    determinant is :func:`multireg.gridops.jacobian_determinant` (FAIR book §8.3). Size 6.5×5.5 in.
+    determinant is :func:`multireg.gridops.jacobian_determinant` (FAIR book §8.3);
+    ``orientation``: ``"image"`` or ``"xy"`` (module docstring). Size 6.5×5.5 in.
     """
-    path, dpi = _check_path(path), _check_dpi(dpi)
+    path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     domain = _domain(domain)
     det = _determinant(y, domain, kind)
     fig = _figure("jacobian_map")
     ax = fig.subplots()
-    _draw_jacobian(fig, ax, det, domain)
+    _draw_jacobian(fig, ax, det, domain, orientation)
     return _save(fig, path, dpi)
 
 
@@ -498,14 +559,25 @@ def homotopy_path(result: Any, path: Any, *, dpi: float = 100) -> Path:
 
 
 def superres_figure(
-    truth: Any, frame: Any, initial: Any, final: Any, path: Any, *, dpi: float = 100
+    truth: Any,
+    frame: Any,
+    initial: Any,
+    final: Any,
+    path: Any,
+    *,
+    omega: Any = None,
+    orientation: str = "image",
+    dpi: float = 100,
 ) -> Path:
     """Super-resolution: the true fine image (None if unknown), one low-resolution frame, the
-    reconstruction at the initial motions and the final one; with a truth the titles give the
-    relative error ‖f − f_true‖/‖f_true‖. ``initial``, ``final`` (and ``truth``) share one 2D
-    shape. Size 12×3.5 in.
+    reconstruction at the initial motions and the final one, each with a colour bar; with a truth
+    the titles give the relative error ‖f − f_true‖/‖f_true‖. ``initial``, ``final`` (and
+    ``truth``) share one 2D shape; the frame covers the same domain ``omega`` (default: the fine
+    grid's cell indices) at its own resolution. The fine images share one grey scale (the
+    truth's range, else the reconstruction's); the frame has its own. ``orientation``:
+    ``"image"`` or ``"xy"`` (module docstring). Size 12×3.5 in.
     """
-    path, dpi = _check_path(path), _check_dpi(dpi)
+    path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     f0, f1, d = _image("initial", initial), _image("final", final), _image("frame", frame)
     for name, a in (("initial", initial), ("final", final), ("frame", frame)):
         if np.ndim(_checks.to_host(a)) != 2:
@@ -515,30 +587,33 @@ def superres_figure(
     if truth is not None:
         f_true = _image("truth", truth)
         _same_shape(["truth", "initial"], truth, initial)
+    extent = _extent(omega, f1.shape)
     fig = _figure("superres_figure")
     axes = fig.subplots(1, 4)
-    lo, hi = (0.0, 1.0) if f_true is None else (float(f_true.min()), float(f_true.max()))
-    if f_true is None:
-        lo, hi = float(np.min(f1)), float(np.max(f1))
+    scale = f1 if f_true is None else f_true
+    lo, hi = float(np.min(scale)), float(np.max(scale))
 
     def error(f):
         if f_true is None:
             return ""
         return f", error {np.linalg.norm(f - f_true) / max(np.linalg.norm(f_true), 1e-300):.3f}"
 
+    m = f"{f1.shape[0]}×{f1.shape[1]}"
     panels = [
-        (f_true, "truth" if f_true is not None else "truth unknown"),
+        (f_true, f"truth ({m})"),
         (d, f"a frame ({d.shape[0]}×{d.shape[1]})"),
-        (f0, "initial motions" + error(f0)),
-        (f1, "reconstruction" + error(f1)),
+        (f0, "at the initial motions" + error(f0)),
+        (f1, f"reconstruction ({m})" + error(f1)),
     ]
     for ax, (img, title) in zip(axes, panels):
-        if img is not None:
-            vmin, vmax = (None, None) if img is d else (lo, hi)
-            _show(ax, img, None, cmap="gray", vmin=vmin, vmax=vmax)
+        if img is None:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "truth unknown", ha="center", va="center", transform=ax.transAxes)
+            continue
+        vmin, vmax = (None, None) if img is d else (lo, hi)
+        im = _show(ax, img, extent, orientation, cmap="gray", vmin=vmin, vmax=vmax)
+        fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
     return _save(fig, path, dpi)
 
 
@@ -548,15 +623,21 @@ def dynamics_curves(
     recovered: Mapping[str, Any],
     path: Any,
     *,
+    images: Mapping[str, Any] | None = None,
+    omega: Any = None,
+    orientation: str = "image",
     dpi: float = 100,
 ) -> Path:
-    """Time curves per region: the truth (solid, if given) and the recovered curves (dashed).
+    """Time curves per region: the truth (solid, if given) and the recovered curves (dashed);
+    left of them, optionally, ``images``: a mapping title → image (2D; 3D: the middle slice; e.g.
+    one frame before and after motion correction), each with a colour bar, over ``omega`` (default: cell indices) in
+    ``orientation`` (``"image"`` or ``"xy"``, module docstring).
 
     ``true_curves`` and ``recovered``: mappings region → curve of ``len(times)`` values;
     ``recovered`` may also map a method's name to such a mapping (several methods side by side,
-    one line style each). Size 8×5 in.
+    one line style each). Size 8×5 in, and 4 in wider for each image.
     """
-    path, dpi = _check_path(path), _check_dpi(dpi)
+    path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     t = np.asarray(_checks.to_host(times), dtype=float) if times is not None else None
     if t is None or t.ndim != 1 or t.size < 1:
         raise ValueError(f"times must be a 1-D sequence of time points, got {times!r}")
@@ -564,6 +645,9 @@ def dynamics_curves(
         raise TypeError("recovered must be a non-empty mapping region → curve")
     if true_curves is not None and not isinstance(true_curves, Mapping):
         raise TypeError("true_curves must be None or a mapping region → curve")
+    if images is not None and not isinstance(images, Mapping):
+        raise TypeError("images must be None or a mapping title → 2D image")
+    shown = {str(k): _image(f"images[{k!r}]", v) for k, v in (images or {}).items()}
     methods = (
         dict(recovered)
         if all(isinstance(v, Mapping) for v in recovered.values())
@@ -585,7 +669,14 @@ def dynamics_curves(
     colour = {r: f"C{i % 10}" for i, r in enumerate(regions)}
     styles = ["--", ":", "-.", (0, (5, 1, 1, 1))]
     fig = _figure("dynamics_curves")
-    ax = fig.subplots()
+    width, height = SIZES["dynamics_curves"]
+    fig.set_size_inches(width + 4.0 * len(shown), height)
+    axes = fig.subplots(1, len(shown) + 1, width_ratios=[4.0] * len(shown) + [width], squeeze=False)
+    for ax, (title, img) in zip(axes[0], shown.items()):
+        im = _show(ax, img, _extent(omega, img.shape), orientation, cmap="gray")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(title, fontsize=9)
+    ax = axes[0][-1]
     for r, c in truth.items():
         ax.plot(t, c, "-", color=colour[r], lw=2, alpha=0.6, label=f"{r} (truth)")
     for k, (m, rc) in enumerate(found.items()):
@@ -596,16 +687,20 @@ def dynamics_curves(
     ax.set_ylabel("intensity change")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2 if len(regions) > 4 else 1)
+    what = "true (solid) and recovered (dashed)" if truth else "recovered"
+    ax.set_title(f"intensity change per region: {what} time curves", fontsize=9)
     return _save(fig, path, dpi)
 
 
-def registration_figure(T: Any, R: Any, result: Any, path: Any, *, dpi: float = 100) -> Path:
+def registration_figure(
+    T: Any, R: Any, result: Any, path: Any, *, orientation: str = "image", dpi: float = 100
+) -> Path:
     """A 2×2 summary of a registration: the overlay before (T and R), after (T(y) and R), the
     Jacobian map (nonparametric) or the deformed grid over R (parametric), and the convergence
     history of every level. ``result``: a :class:`~multireg.registration.RegistrationResult` of
-    ``T`` and ``R``. Size 10×9 in.
+    ``T`` and ``R``; ``orientation``: ``"image"`` or ``"xy"`` (module docstring). Size 10×9 in.
     """
-    path, dpi = _check_path(path), _check_dpi(dpi)
+    path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     levels = getattr(result, "levels", None)
     if not levels or not hasattr(result, "warped"):
         raise TypeError(f"result must be a RegistrationResult, not {type(result).__name__}")
@@ -618,12 +713,13 @@ def registration_figure(T: Any, R: Any, result: Any, path: Any, *, dpi: float = 
     extent = _extent(domain.omega, domain.m)
     fig = _figure("registration_figure")
     (a, b), (c, d) = fig.subplots(2, 2)
-    _draw_pair(a, None, Ti, Ri, extent, "before")
-    _draw_pair(b, None, warped, Ri, extent, "after")
+    _draw_pair(a, None, Ti, Ri, extent, "before", orientation)
+    _draw_pair(b, None, warped, Ri, extent, "after", orientation)
     if getattr(result, "y_grid", None) is not None:
-        _draw_jacobian(fig, c, _determinant(result.y_grid, domain, None), domain)
+        _draw_jacobian(fig, c, _determinant(result.y_grid, domain, None), domain, orientation)
     else:
-        _draw_grid(c, _points(result.y, domain), domain, _check_every(None, domain), Ri)
+        every = _check_every(None, domain)
+        _draw_grid(c, _points(result.y, domain), domain, every, orientation, Ri)
         c.set_title("deformed grid over R", fontsize=9)
     _draw_convergence(d, None, _histories(result))
     reduction = getattr(result, "reduction", math.nan)

@@ -161,6 +161,137 @@ def test_registration_figure_parametric_and_nonparametric(tmp_path):
     assert path.read_bytes().startswith(b"%PDF")
 
 
+# ------------------------------------------------------------------ what a figure shows
+
+
+@pytest.fixture
+def panels(monkeypatch):
+    """Render each figure before it is written; collect, per axes that shows an image, its
+    rendered pixels (the axes' area of the canvas buffer) and what a reader needs around it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    shots: list[dict] = []
+    real = figures._save
+
+    def spy(fig, path, dpi):
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        rgb = np.asarray(canvas.buffer_rgba())[..., :3] / 255.0
+        height = rgb.shape[0]
+        colorbars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+        shots.clear()
+        for ax in fig.axes:
+            if ax in colorbars:
+                continue
+            box = ax.get_window_extent()
+            rows = slice(int(np.ceil(height - box.y1)) + 2, int(height - box.y0) - 2)
+            cols = slice(int(np.ceil(box.x0)) + 2, int(box.x1) - 2)
+            shots.append(
+                {
+                    "pixels": rgb[rows, cols],
+                    "image": bool(ax.images),
+                    "title": ax.get_title(),
+                    "colorbar": bool(ax.images) and ax.images[0].colorbar is not None,
+                    "xticks": [t.get_text() for t in ax.get_xticklabels() if t.get_text()],
+                    "yticks": [t.get_text() for t in ax.get_yticklabels() if t.get_text()],
+                    "labels": (ax.get_xlabel(), ax.get_ylabel()),
+                    "lines": [(line.get_xdata(), line.get_ydata()) for line in ax.lines],
+                    "y_inverted": ax.yaxis_inverted(),
+                }
+            )
+        return real(fig, path, dpi)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    return shots
+
+
+def picture(rows=30, cols=45):
+    """A picture as a file holds it: rows top to bottom, a bright block in the top-left corner
+    (rows 2–8, columns 2–8) and a dimmer bar along the top row, so that every flip or transpose
+    shows."""
+    img = np.zeros((rows, cols))
+    img[2:9, 2:9] = 1.0
+    img[0, 10:] = 0.5
+    return img
+
+
+def where_is_the_block(pixels):
+    """The bright block's centre as fractions of the panel's (height, width), from the top left."""
+    r, c = np.nonzero(pixels.mean(axis=-1) > 0.9)
+    assert r.size, "the block is not drawn"
+    return r.mean() / pixels.shape[0], c.mean() / pixels.shape[1]
+
+
+def test_image_orientation_shows_the_array_as_the_file_looks(tmp_path, panels):
+    img = picture()  # what Pillow (and multireg.io.read_image) gives for a PNG: row = x1
+    figures.overlay(img, img, tmp_path / "o.png")
+    for shot in panels:
+        h, w = shot["pixels"].shape[:2]
+        assert w / h == pytest.approx(45 / 30, rel=0.05)  # wide, as the file
+        assert where_is_the_block(shot["pixels"]) == pytest.approx((5.5 / 30, 5.5 / 45), abs=0.03)
+        assert shot["labels"] == ("x₂", "x₁")
+    # a file read from disk looks the same
+    pil = pytest.importorskip("PIL.Image")
+    from multireg import io
+
+    pil.fromarray((255 * img).astype(np.uint8)).save(tmp_path / "pic.png")
+    read = io.read_image(tmp_path / "pic.png")
+    figures.overlay(read.data, read.data, tmp_path / "o2.png", omega=read.omega)
+    assert where_is_the_block(panels[0]["pixels"]) == pytest.approx((5.5 / 30, 5.5 / 45), abs=0.03)
+
+
+def test_xy_orientation_shows_fair_arrays_as_the_file_looks(tmp_path, panels):
+    fair = picture()[::-1].T  # FAIR's flipud(img)': x1 to the right, x2 up
+    figures.overlay(fair, fair, tmp_path / "o.png", orientation="xy")
+    h, w = panels[0]["pixels"].shape[:2]
+    assert w / h == pytest.approx(45 / 30, rel=0.05)
+    assert where_is_the_block(panels[0]["pixels"]) == pytest.approx((5.5 / 30, 5.5 / 45), abs=0.03)
+    assert panels[0]["labels"] == ("x₁", "x₂")
+    # the same FAIR array in the image orientation is the file turned by 90°
+    figures.overlay(fair, fair, tmp_path / "o2.png")
+    h, w = panels[0]["pixels"].shape[:2]
+    assert w / h == pytest.approx(30 / 45, rel=0.05)
+
+
+def test_registration_figure_and_grid_follow_the_orientation(tmp_path, panels):
+    T, R, res = parametric_result()
+    figures.registration_figure(T, R, res, tmp_path / "r.png")
+    images = [p for p in panels if p["image"]]
+    assert all(p["labels"] == ("x₂", "x₁") and p["y_inverted"] for p in images)
+    # the grid panel: a line of constant i1 (a row) runs across, as the rows of the picture do
+    grid = next(p for p in panels if p["lines"] and p["image"])
+    x, y = grid["lines"][0]
+    assert np.ptp(x) > 0.5 and np.ptp(y) < 0.1  # y(x) is close to the identity here
+    figures.deformed_grid(res.y, res.levels[-1].domain, tmp_path / "g.png", orientation="xy")
+    x, y = panels[0]["lines"][0]
+    assert np.ptp(y) > 0.5 and np.ptp(x) < 0.1 and not panels[0]["y_inverted"]
+
+
+def test_superres_panels_have_titles_ticks_and_colour_bars(tmp_path, panels):
+    f, _ = blobs((32, 32), seed=2)
+    figures.superres_figure(f, f[::2, ::2], f * 0.9, f, tmp_path / "s.png")
+    images = [p for p in panels if p["image"]]
+    assert len(images) == 4
+    for p in images:
+        assert p["title"] and p["colorbar"] and p["xticks"] and p["yticks"], p["title"]
+    figures.superres_figure(None, f[::2, ::2], f * 0.9, f, tmp_path / "s2.png")
+    assert sum(p["image"] for p in panels) == 3
+
+
+def test_dynamics_figure_has_a_title_and_image_panels_with_colour_bars(tmp_path, panels):
+    t = np.linspace(0, 30, 13)
+    truth = {"cortex": np.sin(t / 10), "medulla": 1 - np.exp(-t / 10)}
+    f, _ = blobs((24, 24), seed=3)
+    images = {"frame 6, before": f, "frame 6, motion-corrected": f[::-1]}
+    path = figures.dynamics_curves(t, truth, truth, tmp_path / "d.png", images=images)
+    read(path, (16, 5))
+    curves = [p for p in panels if not p["image"]]
+    assert len(curves) == 1 and "time curves" in curves[0]["title"] and curves[0]["xticks"]
+    shown = [p for p in panels if p["image"]]
+    assert [p["title"] for p in shown] == list(images)
+    assert all(p["colorbar"] and p["xticks"] and p["yticks"] for p in shown)
+
+
 # ------------------------------------------------------------------ bad input and writing
 
 
@@ -202,6 +333,12 @@ def test_bad_input_is_refused(tmp_path):
         figures.overlay(T, R, tmp_path / "x.unknown")
     with pytest.raises(ValueError, match="dpi"):
         figures.overlay(T, R, out, dpi=0)
+    with pytest.raises(ValueError, match="orientation must be one of 'image', 'xy'"):
+        figures.overlay(T, R, out, orientation="rows")
+    with pytest.raises(TypeError, match="images must be None or a mapping"):
+        figures.dynamics_curves([0, 1], None, {"cortex": [1, 2]}, out, images=[T])
+    with pytest.raises(ValueError, match=r"images\['a'\] must be a 2D or 3D image"):
+        figures.dynamics_curves([0, 1], None, {"cortex": [1, 2]}, out, images={"a": T[0]})
     assert list(tmp_path.iterdir()) == []  # nothing written by a refused call
 
 
