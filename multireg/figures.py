@@ -629,9 +629,9 @@ def dynamics_curves(
     dpi: float = 100,
 ) -> Path:
     """Time curves per region: the truth (solid, if given) and the recovered curves (dashed);
-    left of them, optionally, ``images``: a mapping title → image (2D; 3D: the middle slice; e.g.
-    one frame before and after motion correction), each with a colour bar, over ``omega`` (default: cell indices) in
-    ``orientation`` (``"image"`` or ``"xy"``, module docstring).
+    left of them, optionally, ``images``: a mapping title → image (2D; 3D: the middle slice;
+    e.g. one frame before and after motion correction), each with a colour bar, over ``omega``
+    (default: cell indices) in ``orientation`` (``"image"`` or ``"xy"``, module docstring).
 
     ``true_curves`` and ``recovered``: mappings region → curve of ``len(times)`` values;
     ``recovered`` may also map a method's name to such a mapping (several methods side by side,
