@@ -72,7 +72,7 @@ SIZES = {
     "jacobian_map": (6.5, 5.5),
     "convergence": (10.0, 4.0),
     "homotopy_path": (12.0, 4.0),
-    "superres_figure": (12.0, 3.5),
+    "superres_figure": (14.0, 3.8),
     "dynamics_curves": (8.0, 5.0),
     "registration_figure": (10.0, 9.0),
 }
@@ -575,7 +575,7 @@ def superres_figure(
     ``truth``) share one 2D shape; the frame covers the same domain ``omega`` (default: the fine
     grid's cell indices) at its own resolution. The fine images share one grey scale (the
     truth's range, else the reconstruction's); the frame has its own. ``orientation``:
-    ``"image"`` or ``"xy"`` (module docstring). Size 12×3.5 in.
+    ``"image"`` or ``"xy"`` (module docstring). Size 14×3.8 in.
     """
     path, dpi, orientation = _check_path(path), _check_dpi(dpi), _orientation(orientation)
     f0, f1, d = _image("initial", initial), _image("final", final), _image("frame", frame)
@@ -602,8 +602,8 @@ def superres_figure(
     panels = [
         (f_true, f"truth ({m})"),
         (d, f"a frame ({d.shape[0]}×{d.shape[1]})"),
-        (f0, "at the initial motions" + error(f0)),
-        (f1, f"reconstruction ({m})" + error(f1)),
+        (f0, "initial motions" + error(f0)),
+        (f1, "reconstruction" + error(f1)),
     ]
     for ax, (img, title) in zip(axes, panels):
         if img is None:

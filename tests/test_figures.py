@@ -139,8 +139,8 @@ def test_homotopy_path(tmp_path):
 def test_superres_figure(tmp_path):
     f, _ = blobs((32, 32), seed=2)
     frame = f[::2, ::2]
-    read(figures.superres_figure(f, frame, f * 0.9, f, tmp_path / "s.png"), (12, 3.5))
-    read(figures.superres_figure(None, frame, f * 0.9, f, tmp_path / "s2.png"), (12, 3.5))
+    read(figures.superres_figure(f, frame, f * 0.9, f, tmp_path / "s.png"), (14, 3.8))
+    read(figures.superres_figure(None, frame, f * 0.9, f, tmp_path / "s2.png"), (14, 3.8))
 
 
 def test_dynamics_curves(tmp_path):
