@@ -5,7 +5,7 @@ derivatives. ``import multireg`` imports neither framework: a backend's framewor
 first time that backend is used.
 """
 
-from multireg import dynamics, figures, io, optimize, separable, superres
+from multireg import dynamics, figures, io, itk, metrics, optimize, separable, superres
 from multireg._backend import (
     Backend,
     available_backends,
@@ -15,6 +15,7 @@ from multireg._backend import (
     use_backend,
 )
 from multireg._cache import cache_dir, set_cache_dir
+from multireg.apply import Map, apply, transform_points  # the function shadows the module
 from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
 from multireg.homotopy import HomotopyResult, homotopy
@@ -26,6 +27,7 @@ from multireg.interpolation import (
     spline_interpolate,
 )
 from multireg.many import register_many
+from multireg.metrics import evaluate
 from multireg.registration import RegistrationResult, register
 from multireg.regularizers import Curvature, Diffusive, Elastic, Regularizer, regularizer
 from multireg.transforms import Affine, BSpline, Rigid, Transform, Translation, transform
@@ -49,22 +51,27 @@ __all__ = [
     "HomotopyResult",
     "ImageModel",
     "Level",
+    "Map",
     "RegistrationResult",
     "Regularizer",
     "Rigid",
     "Transform",
     "Translation",
     "ValidationReport",
+    "apply",
     "available_backends",
     "cache_dir",
     "distance",
     "dynamics",
+    "evaluate",
     "figures",
     "get_backend",
     "homotopy",
     "image_model",
     "io",
+    "itk",
     "linear_interpolate",
+    "metrics",
     "multilevel",
     "optimize",
     "register",
@@ -79,6 +86,7 @@ __all__ = [
     "spline_interpolate",
     "superres",
     "transform",
+    "transform_points",
     "use_backend",
     "validate",
 ]
