@@ -2,10 +2,11 @@
 
 torch sizes its intra-op pool by the machine's cores. On a shared machine that oversubscribes:
 its OpenMP threads wait for one another at every parallel region while other processes hold the
-cores. Measured on a shared 2-core machine (a 3-D elastic registration of a 32³ synthetic pair,
-``bench`` numbers in the issue's report): 1 thread 2.1–8.2 s, torch's default of 2 threads
-2.6–26.5 s; on an idle moment 2 threads gained nothing at 32³ and 1.3× at 64³. multireg therefore
-uses few threads by default: :func:`default_threads`.
+cores. Measured on a shared 2-core machine (``multireg.register``, nonparametric elastic, a 32³
+synthetic pair, torch, three runs each while other processes ran): 1 thread 2.1–8.2 s, torch's
+default of 2 threads 2.6–26.5 s; at 64³ with the machine less busy, 2 threads 4.0 s against 1
+thread's 5.0–5.7 s. Oversubscription costs up to 10×, parallelism gains at most 1.3× here, so
+multireg uses few threads by default: :func:`default_threads`.
 
 ``MULTIREG_THREADS=N`` (or the command line's ``--threads N``) chooses the count; without it an
 ``OMP_NUM_THREADS`` the user set is left to the framework. The adapters read :func:`threads` when
