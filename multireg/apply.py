@@ -54,9 +54,11 @@ __all__ = [
     "apply",
     "as_map",
     "index_to_world",
+    "read_points",
     "sample",
     "transform_points",
     "world_to_index",
+    "write_points",
 ]
 
 ORDERS = ("nearest", "linear", "cubic")
@@ -104,6 +106,50 @@ def world_to_index(points: Any, domain: Domain) -> np.ndarray:
         raise TypeError(f"domain must be a Domain, not {type(domain).__name__}")
     p = _points("points", points, domain.dim)
     return (p - np.asarray(domain.lower)) / np.asarray(domain.h) - 0.5
+
+
+def read_points(path: str | os.PathLike, dim: int | None = None) -> np.ndarray:
+    """A point list, shape ``(n, d)``: ``.npy``, or text (``.csv``, ``.txt``, ``.pts``): one point
+    per line, numbers separated by commas or white space; ``#`` comments and a header line of
+    names are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        try:
+            return _points(str(path), np.load(path, allow_pickle=False), dim)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot read points ({err})") from None
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read points ({err})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.replace(",", " ").split()
+        try:
+            rows.append([float(v) for v in fields])
+        except ValueError:
+            if rows:  # only a first line may be a header
+                raise ValueError(f"{path}:{number}: not a row of numbers: {line!r}") from None
+    if not rows or len({len(r) for r in rows}) != 1:
+        raise ValueError(f"{path}: expected one point per line, all with the same count")
+    return _points(str(path), np.asarray(rows), dim)
+
+
+def write_points(path: str | os.PathLike, points: Any, *, overwrite: bool = False) -> Path:
+    """Write points (shape ``(n, d)``) as CSV with a header ``x1,x2[,x3]``, atomically."""
+    from multireg import io
+
+    p = _points("points", points, None)
+    header = ",".join(f"x{k + 1}" for k in range(p.shape[1]))
+    lines = [header, *(",".join(repr(float(v)) for v in row) for row in p)]
+    with io.atomic_path(path, overwrite=overwrite) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(path)
 
 
 # -------------------------------------------------------------------------------------- map

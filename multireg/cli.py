@@ -1,4 +1,5 @@
-"""The ``multireg`` command line: register, homotopy, superres, dynamics, demo, validate, bench.
+"""The ``multireg`` command line: register, homotopy, superres, dynamics, demo, validate, bench,
+apply, evaluate.
 
 ``multireg <command> --help`` documents every option. Inputs are read by :mod:`multireg.io`
 (NIfTI, PNG/JPEG/TIFF, ``.npy``/``.npz``, with their geometry); outputs go to a folder
@@ -876,10 +877,122 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S1,S2",
         help="only these bench scripts (default: all)",
     )
+    _add_apply_and_evaluate(sub, outputs)
     return parser
 
 
-_SUBCOMMANDS = ("register", "homotopy", "superres", "dynamics", "demo", "validate", "bench")
+def _add_apply_and_evaluate(sub, outputs) -> None:
+    """The parsers of ``multireg apply`` and ``multireg evaluate`` (issue 15); both compute on
+    the host (NumPy), so they have no --backend, --dtype or --device."""
+    result_help = (
+        "the transformation: a 'multireg register' output folder or its result.json, an ITK "
+        "transform file (.tfm, .txt, .h5) or an ITK/ANTs displacement field (.nii, .nii.gz)"
+    )
+    app = sub(
+        "apply",
+        "warp an image (labels, another modality) or landmarks with a registration's map",
+        [_common(backend=False), outputs],
+        "Warp IMAGE (on the template's grid) onto the reference grid, image(y(x)), and "
+        "optionally map landmarks (world units). Writes DIR/applied.<ext> (in IMAGE's format; "
+        "on --like's grid and geometry when given) and DIR/points.csv (--points).",
+    )
+    app.add_argument("result", type=Path, metavar="RESULT", help=result_help)
+    app.add_argument(
+        "image", type=Path, metavar="IMAGE", help="the image to warp (any format multireg reads)"
+    )
+    g = app.add_argument_group("apply")
+    g.add_argument(
+        "--order",
+        choices=("nearest", "linear", "cubic"),
+        default="linear",
+        help="interpolation: nearest for label maps (labels kept exactly), linear or cubic",
+    )
+    g.add_argument(
+        "--like",
+        type=Path,
+        default=None,
+        metavar="REFERENCE",
+        help="the output grid and geometry (default: the registration's reference grid)",
+    )
+    g.add_argument("--fill", type=float, default=0.0, help="the value outside IMAGE (default 0)")
+    g.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="path of the warped image (default DIR/applied with IMAGE's extension)",
+    )
+    g.add_argument(
+        "--points",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="landmarks of the reference (world units; .csv/.txt/.npy) to map into the "
+        "template, written to DIR/points.csv",
+    )
+    g.add_argument(
+        "--inverse",
+        action="store_true",
+        help="map --points from the template back to the reference (fixed-point inverse "
+        "for nonlinear maps; the residual is reported)",
+    )
+    _add_geometry(g)
+
+    ev = sub(
+        "evaluate",
+        "Dice, HD95, TRE and Jacobian statistics of a registration",
+        [_common(backend=False), _outputs(folder=False)],
+        "Print the metrics the inputs allow (multireg.metrics; Learn2Reg's conventions): Dice "
+        "and HD95 per label (--labels), TRE in world units (--landmarks, through RESULT's "
+        "map), and det of the Jacobian of RESULT's map (SDlogJ, % folded, min, max). --out "
+        "writes them as JSON.",
+    )
+    ev.add_argument(
+        "result", type=Path, nargs="?", default=None, metavar="RESULT", help=result_help
+    )
+    g = ev.add_argument_group("evaluate")
+    g.add_argument(
+        "--labels",
+        type=Path,
+        nargs=2,
+        default=None,
+        metavar=("FIXED", "WARPED"),
+        help="label maps on one grid: the fixed labels and the moving labels warped onto it "
+        "(multireg apply --order nearest)",
+    )
+    g.add_argument(
+        "--landmarks",
+        type=Path,
+        nargs=2,
+        default=None,
+        metavar=("FIXED", "MOVING"),
+        help="corresponding landmarks (world units; .csv/.txt/.npy)",
+    )
+    g.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="also write the metrics as JSON"
+    )
+    _add_geometry(g)
+
+
+def _add_geometry(g) -> None:
+    g.add_argument(
+        "--spacing",
+        type=_floats,
+        default=None,
+        metavar="S1,S2[,S3]",
+        help="pixel size per axis for formats without geometry (default 1)",
+    )
+    g.add_argument(
+        "--allow-oblique",
+        action="store_true",
+        help="read an oblique NIfTI in its voxel frame (see register --help)",
+    )
+
+
+_SUBCOMMANDS = (
+    "register", "homotopy", "superres", "dynamics", "demo", "validate", "bench", "apply",
+    "evaluate",
+)  # fmt: skip
 _VALIDATE_OPTIONS = ("--rtol", "--backends", "--report")
 _VALIDATE_FLAGS = ("--overwrite",)  # the validated command writes nothing: it is validate's
 
@@ -1918,10 +2031,154 @@ def _bench(args) -> int:
     return EXIT_OK
 
 
+def _protected(args, *names: str) -> list[Path]:
+    """The input paths of ``args`` named ``names`` (missing ones reported first)."""
+    paths = []
+    for name in names:
+        value = getattr(args, name, None)
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if p is None:
+                continue
+            if not Path(p).exists():
+                raise FileNotFoundError(f"{p}: no such file")
+            paths.append(Path(p))
+    return paths
+
+
+def _apply(args) -> int:
+    """``multireg apply``: warp IMAGE (and --points) with RESULT's map; outputs as one unit."""
+    from multireg.apply import apply as warp
+    from multireg.apply import as_map, read_points, transform_points, write_points
+
+    inputs = _protected(args, "result", "image", "like", "points")
+    if args.inverse and args.points is None:
+        raise ValueError("--inverse applies to --points")
+    out = _out_dir(args, "apply")
+    plan = {"image": args.output or out / f"applied{io.extension_of(args.image)}"}
+    io.format_of(plan["image"])
+    if args.points is not None:
+        plan["points"] = out / "points.csv"
+    outputs = io.OutputSet(plan.values(), overwrite=args.overwrite, protect=inputs)
+    kwargs = dict(spacing=args.spacing, allow_oblique=args.allow_oblique)
+    image = io.read_image(args.image, **kwargs)
+    like = io.read_image(args.like, **kwargs) if args.like is not None else None
+    mp = as_map(args.result)
+    points = read_points(args.points, mp.dim) if args.points is not None else None
+    started = time.perf_counter()
+    data = warp(mp, image, order=args.order, like=like, fill=args.fill)
+    grid = like.domain if like is not None else (mp.domain or image.domain)
+    mapped = None
+    if points is not None:
+        mapped = transform_points(mp, points, inverse=args.inverse)
+    elapsed = time.perf_counter() - started
+    geometry = like if like is not None else (image if image.domain == grid else None)
+    with outputs:
+        at = outputs.stage
+        io.write_image(
+            at(plan["image"]), data, like=geometry, omega=None if geometry else grid.omega
+        )
+        if mapped is not None:
+            write_points(at(plan["points"]), mapped.points)
+    if not args.quiet:
+        print(
+            f"apply: {args.image} warped ({args.order}) onto a "
+            f"{'x'.join(map(str, grid.m))} grid in {elapsed:.2f} s"
+        )
+        if mapped is not None:
+            direction = "inverse" if args.inverse else "forward"
+            print(
+                f"  {len(mapped.points)} points mapped ({direction}); max residual "
+                f"{mapped.max_residual:.3g}{'' if mapped.converged else ' (NOT converged)'}"
+            )
+        print("  wrote " + ", ".join(str(p) for p in plan.values()))
+    if mapped is not None and not mapped.converged:
+        print(
+            "multireg: warning: the inverse did not converge for every point (the map may "
+            "fold there); outputs written, exit code 3",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+def _evaluate(args) -> int:
+    """``multireg evaluate``: the metrics of :mod:`multireg.metrics`, printed (and --out JSON)."""
+    from multireg import metrics
+    from multireg.apply import as_map, read_points
+
+    inputs = _protected(args, "result", "labels", "landmarks")
+    if args.result is None and args.labels is None and args.landmarks is None:
+        raise ValueError("give RESULT, --labels or --landmarks: there is nothing to evaluate")
+    outputs = None
+    if args.out is not None:
+        outputs = io.OutputSet([args.out], overwrite=args.overwrite, protect=inputs)
+    kwargs = dict(spacing=args.spacing, allow_oblique=args.allow_oblique)
+    mp = as_map(args.result) if args.result is not None else None
+    options: dict = {}
+    domain = None
+    if args.labels is not None:
+        fixed, warped = (io.read_image(p, **kwargs) for p in args.labels)
+        if fixed.m != warped.m:
+            raise ValueError(
+                f"--labels: {fixed.path} has shape {fixed.m} but {warped.path} has {warped.m}"
+            )
+        domain = fixed.domain
+        options.update(fixed_labels=fixed.data, warped_labels=warped.data)
+    if args.landmarks is not None:
+        dim = mp.dim if mp is not None else None
+        fixed_points, moving_points = (read_points(p, dim) for p in args.landmarks)
+        options.update(fixed_points=fixed_points, moving_points=moving_points)
+    report = metrics.evaluate(mp, domain=domain, **options)
+    if domain is not None:
+        report["hd95"]["units"] = _units(fixed)
+    report["inputs"] = {
+        "result": None if args.result is None else str(args.result),
+        "labels": None if args.labels is None else [str(p) for p in args.labels],
+        "landmarks": None if args.landmarks is None else [str(p) for p in args.landmarks],
+    }
+    if outputs is not None:
+        with outputs:
+            io.write_json(outputs.stage(args.out), report)
+    if not args.quiet:
+        print("\n".join(_evaluate_lines(report)))
+    return EXIT_OK
+
+
+def _evaluate_lines(report: dict) -> list[str]:
+    lines = ["evaluate:"]
+    if "dice" in report:
+        d, h = report["dice"], report["hd95"]
+        lines.append(
+            f"  Dice mean {d['mean']:.4f} over labels present in both; HD95 mean "
+            f"{h['mean']:.4g} ({h['units']})"
+        )
+        for label, value in d["per_label"].items():
+            lines.append(f"    label {label}: Dice {value:.4f}, HD95 {h['per_label'][label]:.4g}")
+    if "tre_initial" in report:
+        t0 = report["tre_initial"]
+        line = f"  TRE before: mean {t0['mean']:.4g}, max {t0['max']:.4g} ({t0['n']} landmarks)"
+        lines.append(line)
+        if "tre" in report:
+            t = report["tre"]
+            lines.append(
+                f"  TRE after: mean {t['mean']:.4g} ± {t['std']:.3g}, median "
+                f"{t['median']:.4g}, max {t['max']:.4g}"
+            )
+    if "jacobian" in report:
+        j = report["jacobian"]
+        lines.append(
+            f"  det of the Jacobian: min {j['det_min']:.4g}, max {j['det_max']:.4g}, SDlogJ "
+            f"{j['sdlogj']:.4g}, folded {j['folded_percent']:.3g} %"
+        )
+    return lines
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "validate": _validate,
     "bench": _bench,
+    "apply": _apply,
+    "evaluate": _evaluate,
 }
 
 

@@ -48,6 +48,7 @@ def _labels(name: str, x: Any) -> np.ndarray:
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
             raise ValueError(f"{name} must hold integer labels")
+        a = a.astype(np.int64)  # labels read from image files come as floats: 1.0 is label 1
     elif a.dtype.kind not in "biu":
         raise TypeError(f"{name} must hold integer labels, not {a.dtype}")
     return a

@@ -14,6 +14,7 @@ from multireg import Affine, BSpline, Domain, Translation
 from multireg.apply import Map, apply, index_to_world, sample, transform_points, world_to_index
 from multireg.data import blobs
 from tests.conftest import AD_BACKENDS
+from tests.test_cli import _run as _cli  # main(argv) -> (code, stdout, stderr)
 
 OMEGA = (0.0, 3.0, -1.0, 1.5)  # h = (1/8, 1/8); a non-square box catches swapped axes
 T, DOMAIN = blobs((24, 20), OMEGA, seed=2)
@@ -194,3 +195,78 @@ def test_bad_input_names_the_argument():
         Map(DOMAIN, displacement=np.zeros((3, 3, 2)))
     with pytest.raises(ValueError, match="w must have shape"):
         Map(DOMAIN, Affine(2), np.zeros(3))
+
+
+# ------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """'multireg register' (affine and nonparametric, linear model) on .npy files."""
+    from multireg.cli import main
+
+    if not AD_BACKENDS:
+        pytest.skip("needs a differentiating backend (torch or jax)")
+    backend = sorted(AD_BACKENDS, key=lambda n: n != "torch")[0]
+    folder = tmp_path_factory.mktemp("cli")
+    omega = (0.0, 24.0, 0.0, 20.0)  # .npy: pixel units
+    T_px, dom = blobs((24, 20), omega, seed=2)
+    shift = Map(dom, Affine(2), np.array([1.03, 0.02, -0.6, -0.02, 0.98, 0.4]))
+    np.save(folder / "T.npy", T_px)
+    np.save(folder / "R.npy", apply(shift, T_px, order="cubic"))
+    common = ["--image-model", "linear", "--backend", backend, "-q", "--max-iter", "5"]
+    runs = {}
+    for name, extra in (
+        ("affine", ["--transform", "affine"]),
+        ("nonparametric", ["--transform", "nonparametric", "--alpha", "1", "--levels", "2"]),
+    ):
+        out = folder / name
+        argv = ["register", folder / "T.npy", folder / "R.npy", "--out", out, *common, *extra]
+        assert main([str(a) for a in argv]) in (0, 3)
+        runs[name] = out
+    return folder, T_px, runs
+
+
+@pytest.mark.parametrize("name", ["affine", "nonparametric"])
+def test_cli_apply_reproduces_the_registration_s_warped_image(cli_runs, tmp_path, capsys, name):
+    folder, T_px, runs = cli_runs
+    code, _, err = _cli(capsys, "apply", runs[name], folder / "T.npy", "--out", tmp_path / "a")
+    assert code == 0, err
+    warped = np.load(runs[name] / "warped.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "a" / "applied.npy"), warped, atol=1e-12)
+    # Map.load reads the same map that the API would apply
+    np.testing.assert_allclose(apply(runs[name], T_px), warped, atol=1e-12)
+
+
+def test_cli_apply_labels_and_points(cli_runs, tmp_path, capsys):
+    _, _, runs = cli_runs
+    labels = (np.arange(24)[:, None] // 6 + 3 * (np.arange(20)[None, :] // 7)).astype(np.int32)
+    np.save(tmp_path / "labels.npy", labels)
+    pts = np.array([[3.5, 4.25], [12.0, 10.0], [20.5, 2.5]])
+    np.savetxt(tmp_path / "pts.csv", pts, delimiter=",", header="x1,x2")
+    out = tmp_path / "out"
+    argv = ["apply", runs["nonparametric"], tmp_path / "labels.npy", "--order", "nearest"]
+    code, stdout, err = _cli(capsys, *argv, "--points", tmp_path / "pts.csv", "--out", out)
+    assert code == 0, err
+    assert "3 points mapped" in stdout
+    got = np.load(out / "applied.npy")
+    assert set(np.unique(got)) <= set(np.unique(labels))
+    mapped = np.loadtxt(out / "points.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(mapped, transform_points(runs["nonparametric"], pts).points)
+    # and back: --inverse recovers the landmarks
+    code, stdout, err = _cli(
+        capsys, "apply", runs["nonparametric"], tmp_path / "labels.npy", "--points",
+        out / "points.csv", "--inverse", "--out", tmp_path / "back",
+    )  # fmt: skip
+    assert code == 0, err
+    back = np.loadtxt(tmp_path / "back" / "points.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(back, pts, atol=1e-5)
+
+
+def test_cli_apply_bad_input_is_one_line(cli_runs, tmp_path, capsys):
+    folder, _, runs = cli_runs
+    code, _, err = _cli(capsys, "apply", tmp_path / "missing", folder / "T.npy")
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _cli(capsys, "apply", runs["affine"], folder / "T.npy", "--inverse")
+    assert code == 2 and "--inverse applies to --points" in err
+    assert not (tmp_path / "multireg-apply").exists()

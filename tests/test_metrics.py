@@ -10,6 +10,7 @@ import pytest
 from multireg import Affine, Domain, Translation
 from multireg.apply import Map
 from multireg.metrics import dice, evaluate, hd95, jacobian_stats, tre
+from tests.test_cli import _run as _cli  # main(argv) -> (code, stdout, stderr)
 
 A = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 2, 2]])
 B = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]])
@@ -182,3 +183,42 @@ def test_bad_input_names_the_argument():
         hd95(A, B, spacing=(1.0, -1.0))
     with pytest.raises(ValueError, match="fixed_points"):
         evaluate(fixed_points=A[:2])
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def test_cli_evaluate_prints_and_writes_the_hand_values(tmp_path, capsys):
+    import json
+
+    from multireg.itk import write_transform
+
+    np.save(tmp_path / "fixed.npy", A.astype(float))
+    np.save(tmp_path / "warped.npy", B.astype(float))
+    x = np.array([[0.0, 0.0], [3.0, 4.0]])
+    np.savetxt(tmp_path / "fixed.csv", x, delimiter=",")
+    np.savetxt(tmp_path / "moving.csv", x + np.array([0.0, 1.0]), delimiter=",")
+    M = np.array([[1.0, 0.0], [0.0, 2.0]])  # det 2; moves (0, 0) by (0, 1) exactly
+    write_transform(tmp_path / "map.tfm", (Affine(2), _affine_w(M, [0.0, 1.0])))
+    argv = ["evaluate", tmp_path / "map.tfm", "--labels", tmp_path / "fixed.npy"]
+    argv += [tmp_path / "warped.npy", "--landmarks", tmp_path / "fixed.csv"]
+    argv += [tmp_path / "moving.csv", "--out", tmp_path / "m.json"]
+    code, out, err = _cli(capsys, *argv)
+    assert code == 0, err
+    assert "Dice mean 0.7083" in out
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["dice"]["per_label"]["1"] == pytest.approx(0.75)
+    assert report["dice"]["per_label"]["3"] is None  # NaN: missing from one map
+    assert report["tre_initial"]["per_point"] == pytest.approx([1.0, 1.0])
+    # y(3, 4) = (3, 9), moving (3, 5): 4; y(0, 0) = (0, 1): 0
+    assert report["tre"]["per_point"] == pytest.approx([0.0, 4.0])
+    assert report["jacobian"]["det_min"] == pytest.approx(2.0)  # on the labels' grid
+    code, out, err = _cli(capsys, "evaluate", tmp_path / "map.tfm")
+    assert code == 0 and out.strip() == "evaluate:"  # an ITK linear map has no grid of its own
+
+
+def test_cli_evaluate_bad_input(tmp_path, capsys):
+    code, _, err = _cli(capsys, "evaluate")
+    assert code == 2 and "nothing to evaluate" in err
+    code, _, err = _cli(capsys, "evaluate", "--landmarks", tmp_path / "a.csv", tmp_path / "b.csv")
+    assert code == 2 and "no such file" in err and len(err.strip().splitlines()) == 1
