@@ -53,6 +53,7 @@ arXiv:1705.09992 (2018); C. C. Paige and M. A. Saunders, ACM Trans. Math. Softw.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -504,17 +505,40 @@ def solve_linear(
     when ‖∇_f Φ‖ ≤ ``rtol``·‖Aᵀ r(w, 0)‖ (CG: its recursive residual; LSQR: its estimate
     φ̄ α |c| of ‖[A; L]ᵀ(residual)‖) or after ``max_iter`` iterations. Non-convergence is
     reported in the result, never raised.
+
+    The tolerance is relative to the cold start's residual ‖Aᵀ r(w, 0)‖, so that f(w) means the
+    same thing wherever the warm start comes from (what VarPro's reduced function needs). The
+    outer methods that warm-start it from their own iterates choose their own absolute target
+    (:func:`bcd`: relative to the residual at the warm start; :func:`varpro`: no looser than
+    its outer gradient tolerance).
     """
     _check_tolerances(rtol, max_iter, "rtol", "max_iter")
     _checks.choice("solver", solver, INNER_SOLVERS)
     w = problem.check_w(w)
     f0 = problem.check_f(f0, w)
+    return _solve_linear(
+        problem, w, f0, target=lambda b_norm: rtol * b_norm, max_iter=max_iter, solver=solver
+    )
+
+
+def _solve_linear(
+    problem: SeparableProblem,
+    w: Array,
+    f0: Array,
+    *,
+    target: Callable[[float], float],
+    max_iter: int,
+    solver: str,
+) -> InnerSolve:
+    """:func:`solve_linear` to the absolute tolerance ‖∇_f Φ‖ ≤ ``target(‖Aᵀ r(w, 0)‖)``
+    (arguments already checked); ``residual_norm`` stays relative to ‖Aᵀ r(w, 0)‖."""
     xp, k, data = problem.bk.xp, problem.kernels, problem.data
     b = -k["grad_f"](w, xp.zeros_like(f0), *data)
+    (b_norm,) = _host(problem.bk, xp.linalg.vector_norm(b))
+    rtol = target(b_norm) / max(b_norm, 1e-300)
     if solver == "cg":
         X, it, worst = _batched_cg(problem, w, b[None, :], f0[None, :], rtol, max_iter)
         return InnerSolve(f=X[0, :], iterations=it, residual_norm=worst, converged=worst <= rtol)
-    (scale,) = _host(problem.bk, xp.linalg.vector_norm(b))
     F0 = k["stacked"](w, xp.zeros_like(f0), *data)
     delta, it, ratio = _lsqr(
         problem.bk,
@@ -523,9 +547,18 @@ def solve_linear(
         -k["stacked"](w, f0, *data),
         rtol=rtol,
         max_iter=max_iter,
-        scale=scale,
+        scale=b_norm,
     )
     return InnerSolve(f=f0 + delta, iterations=it, residual_norm=ratio, converged=ratio <= rtol)
+
+
+# The attainable accuracy of ‖∇_f Φ‖, relative to ‖Aᵀ r(w, 0)‖, in units of the dtype's eps:
+# an inner target below it would only spend iterations on rounding noise.
+_ROUNDING = 100.0
+
+
+def _eps(like: Array) -> float:
+    return float(array_api_compat.array_namespace(like).finfo(like.dtype).eps)
 
 
 def _lsqr(
@@ -765,20 +798,30 @@ class SeparableResult:
 
 class _Inner:
     """The inner solution at the last w asked for, warm-starting the next solve (held by one
-    call of :func:`varpro`, never shared)."""
+    call of :func:`varpro`, never shared). Each solve reaches ‖∇_f Φ‖ ≤ min(rtol·‖Aᵀr(w, 0)‖,
+    ``cap``), the cap floored at the rounding level (see :func:`varpro`)."""
 
     def __init__(self, problem, w0, f0, rtol, max_iter, solver="cg"):
         self.problem, self.w0, self.f, self.rtol, self.max_iter = problem, w0, f0, rtol, max_iter
         self.solver, self.key, self.iterations = solver, None, 0
+        self.cap, self.eps, self.converged = math.inf, _eps(f0), True
+
+    def target(self, b_norm: float) -> float:
+        return min(self.rtol * b_norm, max(self.cap, _ROUNDING * self.eps * b_norm))
 
     def at(self, x: Array) -> Array:
         """f(w) at the free parameters x (re-solved only when x is a new array)."""
         if self.key is not x:
             w = _assemble(self.problem, self.w0, x)
-            s = solve_linear(
-                self.problem, w, self.f, rtol=self.rtol, max_iter=self.max_iter, solver=self.solver
+            s = _solve_linear(
+                self.problem,
+                w,
+                self.f,
+                target=self.target,
+                max_iter=self.max_iter,
+                solver=self.solver,
             )
-            self.f, self.key = s.f, x
+            self.f, self.key, self.converged = s.f, x, s.converged
             self.iterations += s.iterations
         return self.f
 
@@ -839,8 +882,18 @@ def varpro(
     the cost per outer iteration is (1 or 2)·(PCG steps) inner solves instead of P.
 
     The outer loop is :func:`multireg.optimize.gauss_newton` (Armijo, FAIR's stopping rules
-    with ``tol_j``, ``tol_y``, ``tol_g``, ``max_iter``); non-convergence is reported, never
-    raised.
+    with ``tol_j``, ``tol_y``, ``tol_g``, ``max_iter`` and Jstop = Φ(w0, f(w0))); non-convergence
+    is reported, never raised.
+
+    Inner tolerance. f(w) is the inner solution to ‖∇_f Φ‖ ≤ ``inner_rtol``·‖Aᵀr(w, 0)‖ (the
+    same definition at every w, whatever the warm start: the Armijo test compares the reduced
+    function at different w), but never looser than 0.1·``tol_g``(1 + |Φ0|) (nor tighter than
+    the rounding level): the envelope gradient J_wᵀF that the outer rules test is the reduced
+    gradient only up to a term proportional to ∇_f Φ, so a loose ``inner_rtol`` would let the
+    outer loop stop at a point that is not a joint optimum. ``CONVERGED`` therefore means both
+    ‖∇_w Φ‖ (the outer STOP3) and ‖∇_f Φ‖ are at most ``tol_g``(1 + |Φ0|); should the inner
+    solve stop at ``inner_max_iter`` short of its target at the end, the status is
+    ``MAX_ITERATIONS`` with a message that says why.
     """
     if jacobian not in JACOBIANS:
         raise ValueError(f"jacobian must be one of {JACOBIANS}, got {jacobian!r}")
@@ -852,6 +905,8 @@ def varpro(
         raise ValueError(f"unrolled_iterations must be an integer, got {unrolled_iterations!r}")
     if not isinstance(matrix_free, bool):
         raise TypeError(f"matrix_free must be True or False, not {matrix_free!r}")
+    for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g)):
+        _check_tolerances(value, max_iter, name, "max_iter")
     w0 = problem.check_w(w0)
     f0 = problem.check_f(f0, w0)
     bk, k, data = problem.bk, problem.kernels, problem.data
@@ -913,18 +968,25 @@ def varpro(
         exact_hessian=hessian,
         curvature="gauss-newton",
     )
+    x0 = _free(problem, w0)
+    # Φ0 = Φ(w0, f(w0)) is the outer rules' Jstop; only then is the inner cap known
+    j_stop = problem.value(w0, inner.at(x0))
+    if tol_g > 0:
+        inner.cap = 0.1 * tol_g * (1 + abs(j_stop))
     res = gauss_newton(
         objective,
-        _free(problem, w0),
+        x0,
         max_iter=max_iter,
         tol_j=tol_j,
         tol_y=tol_y,
         tol_g=tol_g,
+        j_stop=j_stop,
         callback=callback,
         verbose=verbose,
     )
     w = _assemble(problem, w0, res.x)
     f = inner.at(res.x)
+    res = _joint_check(problem, w, f, res, tol_g * (1 + abs(j_stop)), inner.max_iter, "varpro")
     return SeparableResult(
         w=w,
         f=f,
@@ -933,6 +995,37 @@ def varpro(
         jacobian_iterations=jac_iterations[0],
         timings={**res.timings, **timings},
     )
+
+
+def _joint_check(
+    problem: SeparableProblem, w: Array, f: Array, res: Result, bound: float, max_iter: int, name
+) -> Result:
+    """``res``, unless it claims convergence while ‖∇_f Φ(w, f)‖ exceeds ``bound`` (the outer
+    gradient tolerance tol_g(1 + |Φ0|), floored at the rounding level): then (w, f) is not a
+    joint optimum (the inner solve stopped at its iteration cap before its target, so the
+    envelope gradient that the outer rules tested is not the reduced one), and the result
+    says so with status ``MAX_ITERATIONS``."""
+    if res.status is not Status.CONVERGED:
+        return res
+    xp, k, data = problem.bk.xp, problem.kernels, problem.data
+    gf, b = _host(
+        problem.bk,
+        xp.stack(
+            [
+                xp.linalg.vector_norm(k["grad_f"](w, f, *data)),
+                xp.linalg.vector_norm(k["grad_f"](w, xp.zeros_like(f), *data)),
+            ]
+        ),
+    )
+    bound = max(bound, _ROUNDING * _eps(f) * b)
+    if gf <= bound:
+        return res
+    message = (
+        f"{name}: not a joint optimum: the outer rules hold, but ‖∇_f Φ‖ = {gf:.3e} > "
+        f"{bound:.3e} (the inner solve stopped at inner_max_iter = {max_iter} before its "
+        "tolerance)"
+    )
+    return dataclasses.replace(res, status=Status.MAX_ITERATIONS, message=message)
 
 
 def _reduced_gauss_newton(
@@ -1031,43 +1124,79 @@ def bcd(
 ) -> SeparableResult:
     """Block coordinate descent (LAP's CoordDescent, arXiv:1705.09992 §3): per iteration, f by
     the inner solve (``inner_solver``) at the current w (warm-started), then one Gauss–Newton
-    step in w at frozen
-    f, frame by frame (p×p blocks, batched Cholesky) with Armijo backtracking on Φ.
+    step in w at frozen f, frame by frame (p×p blocks, batched Cholesky) with Armijo
+    backtracking on Φ.
 
-    Stops when the relative decrease of Φ is below ``tol_j``, the step in w below
-    ``tol_y``(1 + ‖w0‖) and ‖∇_w Φ‖ below ``tol_g``(1 + Φ(w0, f0)), or after ``max_iter``
-    iterations (status ``MAX_ITERATIONS``); a failed line search gives
-    ``LINE_SEARCH_FAILED``. Nothing is raised on non-convergence.
+    Inner tolerance. Each f-update reduces ‖∇_f Φ‖ to ``inner_rtol``·s with
+    s = max(‖∇_f Φ(w, f_warm)‖, ``tol_g``(1 + |Φ_ref|)): relative to the residual that the
+    w-step left at the warm start, which is what this block step has to remove, so that
+    ∇_f Φ → 0 as the w-steps vanish (an inexact block method converges when each block step
+    removes a fixed fraction of its block's gradient). A tolerance relative to ‖Aᵀr(w, 0)‖
+    (the cold start's residual, the scale of the whole image) let a good f0 pass every test
+    with 0 inner steps, so f never moved; the residual at the warm start alone collapses at
+    a good start (it would ask for rounding noise), hence the second term, a fraction
+    ``inner_rtol`` of what the outer gradient test accepts (Φ_ref = Jstop below; Φ at the start
+    for the first solve), and a floor at the rounding level.
+
+    Stops (``CONVERGED``) when the joint optimality rules hold: |ΔΦ| ≤ ``tol_j``(1 + |Jstop|),
+    ‖Δw‖ ≤ ``tol_y``(1 + ‖w0‖), ‖Δf‖ ≤ ``tol_y``(1 + ‖f₁‖) and
+    ‖(∇_w Φ, ∇_f Φ)‖ ≤ ``tol_g``(1 + |Jstop|) (Jstop, f₁: Φ and f after the first inner
+    solve; the recorded gradient norm is the joint one), or after ``max_iter`` iterations (status
+    ``MAX_ITERATIONS``); a failed line search gives ``LINE_SEARCH_FAILED``. Nothing is raised
+    on non-convergence.
     """
     _check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
-    _check_tolerances(tol_j, max_iter, "tol_j", "max_iter")
+    for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g)):
+        _check_tolerances(value, max_iter, name, "max_iter")
+    if isinstance(ls_max_trials, bool) or not isinstance(ls_max_trials, int) or ls_max_trials < 1:
+        raise ValueError(f"ls_max_trials must be an integer >= 1, got {ls_max_trials!r}")
     _checks.choice("inner_solver", inner_solver, INNER_SOLVERS)
-    inner = dict(rtol=inner_rtol, max_iter=inner_max_iter, solver=inner_solver)
+    if callback is not None and not callable(callback):
+        raise TypeError("callback must be callable or None")
     w = problem.check_w(w0)
     f = problem.check_f(f0, w)
     bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
+    eps = _eps(f)
     start = time.perf_counter()
-    inner_total = 0
-    s = solve_linear(problem, w, f, **inner)
-    f, inner_total = s.f, inner_total + s.iterations
+
+    def solve_f(w, f, phi_ref):
+        (r_warm,) = _host(bk, xp.linalg.vector_norm(k["grad_f"](w, f, *data)))
+        scale = max(r_warm, tol_g * (1 + abs(phi_ref)))
+        return _solve_linear(
+            problem,
+            w,
+            f,
+            target=lambda b_norm: max(inner_rtol * scale, _ROUNDING * eps * b_norm),
+            max_iter=inner_max_iter,
+            solver=inner_solver,
+        )
+
+    def norms(w, f):
+        """The joint gradient norm ‖(∇_w Φ (free frames), ∇_f Φ)‖."""
+        gw = _free(problem, k["grad_w"](w, f, *data))
+        gf = k["grad_f"](w, f, *data)
+        return _host(bk, xp.sqrt(xp.sum(gw * gw) + xp.sum(gf * gf)))[0]
+
+    s = solve_f(w, f, problem.value(w, f))
+    f, inner_total = s.f, s.iterations
+    f_norm = _host(bk, xp.linalg.vector_norm(f))[0]
     fun = problem.value(w, f)
     j_stop = fun
     w_norm = float(np.linalg.norm(bk.to_numpy(w)))
     history = []
-    status, message, it, nfev = Status.MAX_ITERATIONS, "", 0, 1
-
-    def grad_norm(w, f):
-        g = _free(problem, k["grad_w"](w, f, *data))
-        return _host(bk, xp.linalg.vector_norm(g))[0]
+    status, message, it, nfev = Status.MAX_ITERATIONS, "", 0, 2
 
     def report(rec):
         history.append(rec)
         if verbose:
-            print(f"bcd it={rec.iteration:3d} J={rec.fun:.6e} |dJ|={rec.grad_norm:.3e}")
+            print(
+                f"bcd it={rec.iteration:3d} J={rec.fun:.6e} |dJ|={rec.grad_norm:.3e} "
+                f"inner={rec.cg_iterations}"
+            )
         if callback is not None:
             callback(rec)
 
-    report(Record(0, fun, grad_norm(w, f), 0.0, 0.0, s.iterations, 0.0))
+    report(Record(0, fun, norms(w, f), 0.0, 0.0, s.iterations, 0.0))
     while it < max_iter:
         d = _block_step(problem, w, f, 0.0)
         g = k["grad_w"](w, f, *data)
@@ -1086,16 +1215,22 @@ def bcd(
             break
         step_norm = t * _host(bk, xp.linalg.vector_norm(xp.reshape(d, (-1,))))[0]
         w = trial
-        s = solve_linear(problem, w, f, **inner)
+        s = solve_f(w, f, j_stop)
+        df_norm = _host(bk, xp.linalg.vector_norm(s.f - f))[0]
         f, inner_total = s.f, inner_total + s.iterations
         fun_old, fun = fun, problem.value(w, f)
         nfev += 1
         it += 1
-        gn = grad_norm(w, f)
+        gn = norms(w, f)
         report(Record(it, fun, gn, step_norm, t, s.iterations, time.perf_counter() - start))
+        if not (math.isfinite(fun) and math.isfinite(gn)):
+            status = Status.NOT_FINITE
+            message = f"Φ or its gradient is not finite at iteration {it}"
+            break
         if (
             abs(fun_old - fun) <= tol_j * (1 + abs(j_stop))
             and step_norm <= tol_y * (1 + w_norm)
+            and df_norm <= tol_y * (1 + f_norm)
             and gn <= tol_g * (1 + abs(j_stop))
         ):
             status, message = Status.CONVERGED, "stopping rules hold"

@@ -416,8 +416,12 @@ def solve(
 
     ``inner_solver`` (``"cg"`` or ``"lsqr"``) solves the linear problems in f (for
     ``"full"``, the joint Gauss–Newton system) to ``inner_rtol`` within ``inner_max_iter``
-    steps; ``inner_rtol`` defaults to 1e-8 for varpro and bcd (their inner solve defines the
-    reduced function) and 1e-3 for lap and full (an inexact Gauss–Newton step). ``w0``
+    steps; ``inner_rtol`` defaults to 1e-8 for varpro and bcd and 1e-3 for lap and full (an
+    inexact Gauss–Newton step). For varpro it is relative to ‖Aᵀr(w, 0)‖ (the inner solve
+    defines the reduced function) and capped at 0.1·``tol_g``(1 + Φ0); for bcd it is relative
+    to the residual that each w-step leaves at the warm start (see :func:`separable.bcd` for
+    why), so that f is updated after every step in w. ``CONVERGED`` always means a joint
+    optimum: ‖∇_w Φ‖ and ‖∇_f Φ‖ both within the gradient tolerance. ``w0``
     defaults to a pre-registration of every frame to frame 0 (:func:`pre_register`); ``f0`` to
     the inner solution at ``w0`` (to 1e-8), projected onto ``bounds`` when given. The other
     options are the model's (see the module docstring) and the solvers' stopping rules
