@@ -127,13 +127,13 @@ def test_torch_uses_the_default_thread_count():
 def test_multireg_threads_sets_torch_threads():
     _needs("torch")
     assert _python(TORCH_THREADS, MULTIREG_THREADS="3") == "3"
-    assert _python(TORCH_THREADS, MULTIREG_THREADS="1") == "1"
 
 
 def test_omp_num_threads_is_respected_when_multireg_threads_is_unset():
     _needs("torch")
-    own = _python("import torch; print(torch.get_num_threads())", OMP_NUM_THREADS="2")
-    assert _python(TORCH_THREADS, OMP_NUM_THREADS="2") == own  # torch's reading of it stands
+    if _threads._cpus() < 2:
+        pytest.skip("torch caps OMP_NUM_THREADS at the CPU count")
+    assert _python(TORCH_THREADS, OMP_NUM_THREADS="2") == "2"  # not the default: the user's
     assert _python(TORCH_THREADS, OMP_NUM_THREADS="2", MULTIREG_THREADS="3") == "3"
 
 
