@@ -218,6 +218,7 @@ def cli_runs(tmp_path_factory):
     runs = {}
     for name, extra in (
         ("affine", ["--transform", "affine"]),
+        ("bspline", ["--transform", "bspline", "--p", "5,4"]),  # FAIR's layout in result.json
         ("nonparametric", ["--transform", "nonparametric", "--alpha", "1", "--levels", "2"]),
     ):
         out = folder / name
@@ -227,7 +228,7 @@ def cli_runs(tmp_path_factory):
     return folder, T_px, runs
 
 
-@pytest.mark.parametrize("name", ["affine", "nonparametric"])
+@pytest.mark.parametrize("name", ["affine", "bspline", "nonparametric"])
 def test_cli_apply_reproduces_the_registration_s_warped_image(cli_runs, tmp_path, capsys, name):
     folder, T_px, runs = cli_runs
     code, _, err = _cli(capsys, "apply", runs[name], folder / "T.npy", "--out", tmp_path / "a")
