@@ -271,3 +271,31 @@ def test_cli_apply_bad_input_is_one_line(cli_runs, tmp_path, capsys):
     code, _, err = _cli(capsys, "apply", runs["affine"], folder / "T.npy", "--inverse")
     assert code == 2 and "--inverse applies to --points" in err
     assert not (tmp_path / "multireg-apply").exists()
+
+
+def test_cli_apply_exports_for_itk(cli_runs, tmp_path, capsys):
+    """--export: a linear run as an ITK transform file, a nonparametric one as a field; both
+    read back (by SimpleITK and multireg.itk) as the run's map."""
+    sitk = pytest.importorskip("SimpleITK")
+    from multireg import itk
+
+    _, _, runs = cli_runs
+    x = DOMAIN.cell_centers()[::17] * 8  # points of the pixel-unit domain (h = 1)
+    F = np.diag([-1.0, -1.0])
+    code, _, err = _cli(capsys, "apply", runs["affine"], "--export", tmp_path / "a.tfm")
+    assert code == 0, err
+    tx = sitk.ReadTransform(str(tmp_path / "a.tfm"))
+    want = Map.load(runs["affine"])(x)
+    np.testing.assert_allclose([F @ tx.TransformPoint(tuple(F @ p)) for p in x], want, atol=1e-9)
+    code, _, err = _cli(capsys, "apply", runs["nonparametric"], "--export", tmp_path / "w.nii.gz")
+    assert code == 0, err
+    centres = Map.load(runs["nonparametric"]).domain.cell_centers()
+    np.testing.assert_allclose(
+        itk.read_displacement(tmp_path / "w.nii.gz")(centres),
+        Map.load(runs["nonparametric"])(centres),
+        atol=1e-9,
+    )
+    code, _, err = _cli(capsys, "apply", runs["nonparametric"], "--export", tmp_path / "n.tfm")
+    assert code == 2 and "only a linear map" in err and not (tmp_path / "n.tfm").exists()
+    code, _, err = _cli(capsys, "apply", runs["affine"])
+    assert code == 2 and "nothing to apply" in err
