@@ -62,6 +62,49 @@ point at θ·e^(−min_step) (no prediction, the full ``max_corrector_iter``) an
 descends to starts a new branch (``PathPoint.jump``), followed again from the initial step size.
 With fixed steps every step is taken whatever its error, so folds are crossed the same way.
 
+Schedule from the data (``theta_range=None``, the default). The study's schedule, θ from 1e3
+to 1e-3, was chosen on the hands at m = 32; θ acts on the spline coefficients in index units, so
+the same θ smooths a 32² image far more, relative to its content, than a 256² one, and on other
+images θ = 1e3 can leave template and reference as near-featureless bumps. There the minimiser
+of J(·, θ_max) is not determined by the data (the Hessian is close to singular in some
+direction, e.g. the rotation of an almost round bump), and which branch the path follows is an
+accident. The default θ_max is therefore the largest θ at which the smoothed images still
+determine w: for each image I ∈ {T, R} the information matrix G_I(θ) = ∇²_w D(I_θ(y(w, ·)),
+I_θ)|_{w = identity} (the Hessian of registering the image to itself, for SSD hd·J_rᵀJ_r, the
+Fisher information of w under Gaussian noise) is compared with the map metric
+M = mean_x (∂y/∂w)ᵀ diag(h)⁻² (∂y/∂w), which makes the comparison independent of how w is
+parametrised; λ_I(θ) is the smallest generalised eigenvalue of (G_I(θ), M), the curvature of J per
+squared grid cell of motion in the least determined direction. θ_max is the largest θ (on a
+half-decade grid from θ_min up to 1e6, interpolated in log θ) with min_I λ_I(θ)/λ_I(θ_min) ≥
+``THETA_INFORMATION`` = 0.1: the smoothing may cost at most one decade of information in the
+weakest direction (Haber & Modersitzki's scale space, Modersitzki, *FAIR*, SIAM 2009, §3.6 and
+§8.4, leaves θ to the user; this rule makes it a property of the data). On the hands at m = 32 it
+gives θ_max ≈ 5 (the path reaches the global minimiser from any θ_max ≥ 3, bench/homotopy.py), on
+the blob images of the tests ≈ 100. Cost: two p×p Hessians per grid value, 2·19 in all. For
+matrix-free transformations (more than ``optimize.DENSE_MAX`` parameters) the rule is not
+evaluated and θ_max = 1e3. ``theta_range`` or ``thetas`` override it.
+
+Folds and bifurcations (beyond the published method). At every accepted point the smallest
+generalised eigenvalue λ_min of (∇²_w J, M) is recorded (dense Hessians only). A branch of
+minimisers ends where λ_min reaches 0 (a fold, or a pitchfork where the minimiser becomes a
+saddle). Two events are recorded in ``HomotopyResult.events``: ``"indefinite"``, λ_min ≤ 0 at
+an accepted point (the corrector's gradient test holds at a saddle: the point is not a minimiser),
+and ``"fold"``, the Hessian at the middle of a step, (w_k + w_k+1)/2 at θ = (θ_k·θ_k+1)^½, has
+λ_min ≤ 0 while both ends are minimisers, and the step, retraced from its start by adaptive
+tangent steps (predictor error ≤ 0.1 cells, down to 1/64 of the step), either jumps past the end
+of its branch or ends at a different minimiser; or an adaptive step of the path itself jumped
+past the end of its branch. Where the branch is smooth the middle point lies within O(Δs²) of it,
+where λ_min > 0, so the retrace (the expensive part) runs only on steps whose middle is not convex:
+the branch turns sharply there, as it does near a fold, and the retrace tells a sharp turn from a
+change of branch. After an event the final
+point is a local minimiser (or a saddle) of J(·, θ_min) reached by a path that changed branches,
+not necessarily the global minimiser; ``folded`` says so, and the message too.
+
+Several starts (``starts=``). The branch followed is decided at θ_max; ``starts=n`` traces n paths
+from rotations by 360°·k/n about the domain's centre (2D rigid and affine), ``starts=[w, ...]``
+from given parameters, and returns the path with the lowest final J; every path is in
+``branches``.
+
 Every kernel is built once per configuration (backend, transformation, distance, domain), with the
 images, grid and θ as arguments, and compiled by the backend (``jax.jit`` traces it once).
 """
@@ -91,7 +134,7 @@ from multireg.optimize._loop import compiled, host, value_and_norm
 from multireg.transforms import Transform
 from multireg.transforms import transform as make_transform
 
-__all__ = ["HomotopyResult", "PathPoint", "homotopy"]
+__all__ = ["HomotopyResult", "PathEvent", "PathPoint", "ThetaChoice", "homotopy"]
 
 PREDICTORS = ("tangent", "secant", "none")
 HESSIANS = ("exact", "gauss-newton")
@@ -105,6 +148,12 @@ _NO_LIMIT = 1e300
 # Inner CG of the corrector's and predictor's linear solves (matrix-free curvatures only, and
 # Steihaug's CG in the trust region): tight, so that the corrector converges quadratically.
 _CG_RTOL = 1e-8
+# θ_max from the data: the least determined direction may keep no less than this fraction of its
+# information at θ_min (module docstring); grid of half decades from θ_min up to _THETA_CAP.
+THETA_INFORMATION = 0.01
+_THETA_CAP = 1e6
+_THETA_FALLBACK = 1e3
+THETA_MIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -129,6 +178,34 @@ class PathPoint:
     """The adaptive step found the end of a branch (a fold) and jumped here by warm start."""
     tangent: np.ndarray | None = None
     """dw*/d(log θ) at (θ_k, w_k), when the tangent predictor computed it."""
+    min_eigenvalue: float = math.nan
+    """Smallest generalised eigenvalue of (∇²_w J, M) at (θ_k, w_k), M the map metric (J per
+    squared grid cell of motion); ≤ 0: not a minimiser. NaN for matrix-free Hessians."""
+
+
+@dataclass(frozen=True)
+class PathEvent:
+    """A place where the path left its branch of minimisers (see the module docstring)."""
+
+    kind: str
+    """``"indefinite"`` (λ_min ≤ 0 at an accepted point) or ``"fold"`` (the step crossed a
+    region where λ_min ≤ 0, or an adaptive step jumped past the end of the branch)."""
+    theta_from: float
+    theta_to: float
+    eigenvalue: float
+    """λ_min where the event was seen (NaN for an adaptive jump without a dense Hessian)."""
+
+
+@dataclass(frozen=True)
+class ThetaChoice:
+    """How θ_max was chosen: ``"data"`` (the information rule), ``"given"`` or ``"fallback"``."""
+
+    method: str
+    theta_max: float
+    thetas: tuple[float, ...] = ()
+    """The grid of θ on which the information was evaluated (``"data"`` only)."""
+    information: tuple[float, ...] = ()
+    """min over T, R of λ_I(θ)/λ_I(θ_min) on that grid."""
 
 
 @dataclass(frozen=True)
@@ -155,13 +232,33 @@ class HomotopyResult:
     transform: Transform
     backend: str
     timings: dict = field(default_factory=dict)
+    events: tuple[PathEvent, ...] = ()
+    """Folds and bifurcations met on the path (empty: one branch of minimisers throughout)."""
+    theta_choice: ThetaChoice | None = None
+    branches: tuple[HomotopyResult, ...] = ()
+    """With ``starts``: every traced path (this result is the one with the lowest final J)."""
+    best_branch: int = 0
+    """Index of this path in ``branches``."""
 
     @property
     def success(self) -> bool:
-        """The path reached the last θ and every corrector along it converged."""
-        return self.status is Status.CONVERGED and all(
-            p.status is Status.CONVERGED for p in self.path
+        """The path reached the last θ, every corrector along it converged, and the final point
+        is not a saddle (λ_min > 0 where it was computed)."""
+        return (
+            self.status is Status.CONVERGED
+            and all(p.status is Status.CONVERGED for p in self.path)
+            and not self.path[-1].min_eigenvalue <= 0
         )
+
+    @property
+    def folded(self) -> bool:
+        """The path changed branches (a fold or bifurcation, see ``events``): its end is a
+        critical point reached by continuation, not necessarily the global minimiser."""
+        return bool(self.events)
+
+    @property
+    def min_eigenvalues(self) -> np.ndarray:
+        return np.array([p.min_eigenvalue for p in self.path])
 
     @property
     def thetas(self) -> np.ndarray:
@@ -209,6 +306,7 @@ def homotopy(
     corrector: str = "newton",
     step: str = "fixed",
     w0: Any = None,
+    starts: int | Sequence[Any] | None = None,
     backend: Any = None,
     dtype: str = "float64",
     tol: float = 1e-9,
@@ -234,7 +332,9 @@ def homotopy(
     thetas, theta_range, n_steps
         The scales: ``thetas``, a strictly decreasing sequence of positive values, or
         ``theta_range = (hi, lo)`` divided geometrically into ``n_steps`` values (default 40,
-        i.e. 39 steps). Default: ``theta_range=(1e3, 1e-3)``, the study's schedule. A single θ
+        i.e. 39 steps). Default: θ_max from the data (the largest θ at which the smoothed
+        images still determine w, module docstring; ``result.theta_choice`` says which) down to
+        θ_min = 1e-3; ``theta_range=(1e3, 1e-3)`` is the study's schedule. A single θ
         (``thetas=[θ]``) is a single-scale registration (corrector only). With
         ``step="adaptive"`` only the endpoints and the first interval (the initial step) are used.
     predictor, hessian
@@ -251,6 +351,10 @@ def homotopy(
         defaults (1 cell, 6 iterations) were chosen on the hands benchmark (bench/homotopy.py).
     w0
         Starting parameters at the first θ (default: the identity).
+    starts
+        Several paths: an int n ≥ 1 (2D rigid or affine: rotations by 360°·k/n about the domain's
+        centre, k = 0..n−1, the identity first) or a sequence of starting parameters. The path
+        with the lowest final J is returned, all of them in ``branches``. Not with ``w0``.
     backend, dtype
         Backend (name or object; default: inferred from the arrays, else the active one) and
         ``"float64"`` (default) or ``"float32"``.
@@ -258,7 +362,8 @@ def homotopy(
         Called as ``callback(theta, J, corrector_iterations)`` at every accepted point of the
         path (a progress bar, a log).
 
-    Non-convergence is reported in the result (``status``, each point's ``status``), not raised.
+    Non-convergence is reported in the result (``status``, each point's ``status``), not raised;
+    so are folds and bifurcations on the path (``events``, ``folded``).
     """
     # ------------------------------------------------------------- validate, before any work
     shape_T = _checks.image("T", T)
@@ -280,7 +385,7 @@ def homotopy(
             "use corrector='newton' or 'trust-region' and hessian='exact'"
         )
     schedule = _schedule(thetas, theta_range, n_steps)
-    if step == "adaptive" and len(schedule) < 2:
+    if step == "adaptive" and isinstance(schedule, list) and len(schedule) < 2:
         raise ValueError("step='adaptive' needs at least two scales (a range to follow)")
     tol = _checks.positive("tol", tol)
     max_corrector_iter = _count("max_corrector_iter", max_corrector_iter, 1)
@@ -298,48 +403,107 @@ def homotopy(
     device = array_api_compat.device(Tb)
     Tb, Rb = bk.asarray(Tb, device=device), bk.asarray(Rb, device=device)
     w_id = trafo.identity(bk.xp, dtype=Tb.dtype, device=device)
-    if w0 is None:
-        w_start = w_id
-    else:
-        w_start = bk.asarray(bk.asarray(w0, dtype=dtype), device=device)
-        if tuple(w_start.shape) != (trafo.n_params,):
-            raise ValueError(f"w0 must have shape ({trafo.n_params},), got {tuple(w_start.shape)}")
-        if not np.all(np.isfinite(bk.to_numpy(w_start))):
-            raise ValueError("w0 contains NaN or Inf")
+    if w0 is not None and starts is not None:
+        raise ValueError("give either w0 or starts, not both")
+    start_ws = [w_id] if w0 is None else [w0]
+    if starts is not None:
+        start_ws = _starts(starts, trafo, domain)
+    for i, w in enumerate(start_ws):
+        name = "w0" if starts is None else f"starts[{i}]"
+        w = bk.asarray(bk.asarray(w, dtype=dtype), device=device)
+        if tuple(w.shape) != (trafo.n_params,):
+            raise ValueError(f"{name} must have shape ({trafo.n_params},), got {tuple(w.shape)}")
+        if not np.all(np.isfinite(bk.to_numpy(w))):
+            raise ValueError(f"{name} contains NaN or Inf")
+        start_ws[i] = w
 
     # ------------------------------------------------------------------------------ the path
     started = time.perf_counter()
-    tracer = _Tracer(
-        bk=bk,
-        kernels=_kernels(bk, trafo, dist, domain),
-        images=(Tb, Rb),
-        x=domain.cell_centers(bk.xp, dtype=Tb.dtype, device=device),
-        w_id=w_id,
-        dense=trafo.n_params <= optimize.DENSE_MAX,
-        corrector=corrector,
-        hessian=hessian,
-        tol=tol,
-        max_iter=max_corrector_iter,
-        callback=callback,
-    )
+    kernels = _kernels(bk, trafo, dist, domain)
+    x = domain.cell_centers(bk.xp, dtype=Tb.dtype, device=device)
+    dense = trafo.n_params <= optimize.DENSE_MAX
+    metric = _map_metric(bk, trafo, domain, w_id, x) if dense else None
+    if isinstance(schedule, tuple):  # θ_max from the data
+        n = schedule[1]
+        if dense:
+            choice = _theta_from_data(bk, kernels, (Tb, Rb), x, w_id, metric, THETA_MIN)
+        else:
+            choice = ThetaChoice("fallback", _THETA_FALLBACK)
+        schedule = [float(v) for v in np.geomspace(choice.theta_max, THETA_MIN, n)]
+    else:
+        choice = ThetaChoice("given", schedule[0])
+    choosing = time.perf_counter() - started
+    results = []
+    for w_start in start_ws:
+        tracer = _Tracer(
+            bk=bk,
+            kernels=kernels,
+            images=(Tb, Rb),
+            x=x,
+            w_id=w_id,
+            dense=dense,
+            corrector=corrector,
+            hessian=hessian,
+            tol=tol,
+            max_iter=max_corrector_iter,
+            callback=callback,
+            metric=metric,
+        )
+        tracer.timings["choose θ"] = choosing
+        results.append(
+            _trace(
+                tracer,
+                w_start,
+                schedule,
+                predictor,
+                step,
+                trafo,
+                choice,
+                target_error=target_error,
+                target_iterations=target_iterations,
+                min_step=min_step,
+                max_steps=max_steps,
+            )
+        )
+    if len(results) == 1 and starts is None:
+        return results[0]
+    finals = [r.distance if math.isfinite(r.distance) else math.inf for r in results]
+    ok = [r.success for r in results]
+    # the lowest final J among the paths that converged (among all when none did)
+    candidates = [i for i in range(len(results)) if ok[i]] or list(range(len(results)))
+    best = min(candidates, key=lambda i: finals[i])
+    res = results[best]
+    message = f"{res.message}; best of {len(results)} starts (start {best})"
+    return dataclasses.replace(res, branches=tuple(results), best_branch=best, message=message)
+
+
+def _trace(
+    tracer: _Tracer,
+    w_start: Any,
+    schedule: list[float],
+    predictor: str,
+    step: str,
+    trafo: Transform,
+    choice: ThetaChoice,
+    **adaptive: Any,
+) -> HomotopyResult:
+    """One path from w_start over the schedule, with its events."""
+    bk = tracer.bk
+    started = time.perf_counter()
     if step == "fixed" or len(schedule) == 1:
         points, trials, rejected, status, message = _follow_fixed(
             tracer, w_start, schedule, predictor
         )
     else:
         points, trials, rejected, status, message = _follow_adaptive(
-            tracer,
-            w_start,
-            schedule,
-            predictor,
-            target_error=target_error,
-            target_iterations=target_iterations,
-            min_step=min_step,
-            max_steps=max_steps,
+            tracer, w_start, schedule, predictor, **adaptive
         )
+    for pt in points:
+        pt["lam"] = tracer.min_eigenvalue(pt["w"], pt["data"])
+    events = _events(tracer, points)
     last = points[-1]
     warped = tracer.kernels["warped"](last["w"], *last["data"][::2])
-    tracer.timings["total"] = time.perf_counter() - started
+    tracer.timings["total"] = time.perf_counter() - started + tracer.timings.get("choose θ", 0.0)
     path = tuple(
         PathPoint(
             theta=pt["theta"],
@@ -352,12 +516,21 @@ def homotopy(
             rejected=pt["rejected"],
             jump=pt["jump"],
             tangent=None if pt.get("tangent") is None else bk.to_numpy(pt["tangent"]).copy(),
+            min_eigenvalue=pt["lam"],
         )
         for pt in points
     )
     if status is Status.CONVERGED and last["result"].status is not Status.CONVERGED:
         status = last["result"].status
         message = f"the corrector at the last θ did not converge: {last['result'].message}"
+    if events:
+        kinds = sorted({e.kind for e in events})
+        message = (
+            f"{message}; the path left its branch of minimisers {len(events)} time(s) "
+            f"({', '.join(kinds)}): the end is not necessarily the global minimiser"
+        )
+    if last["lam"] <= 0:
+        message = f"{message}; the final point is not a minimiser (λ_min = {last['lam']:.3g})"
     return HomotopyResult(
         w=last["w"],
         warped=warped,
@@ -371,7 +544,112 @@ def homotopy(
         transform=trafo,
         backend=bk.name,
         timings=dict(tracer.timings),
+        events=tuple(events),
+        theta_choice=choice,
     )
+
+
+def _events(tracer: _Tracer, points: list[dict]) -> list[PathEvent]:
+    """Folds and bifurcations between accepted points (module docstring)."""
+    events = []
+    for previous, current in itertools.pairwise(points):
+        pair = (previous["theta"], current["theta"])
+        if current["lam"] <= 0 and not previous["lam"] <= 0:
+            events.append(PathEvent("indefinite", *pair, current["lam"]))
+            continue
+        if current["jump"]:
+            events.append(PathEvent("fold", *pair, math.nan))
+            continue
+        if not (tracer.dense and current["lam"] > 0 and previous["lam"] > 0):
+            continue
+        # the branch at the step's middle, s = (s_k + s_k+1)/2, to O(Δs²) where it is smooth
+        middle = tracer.kernels["axpy"](previous["w"], 0.5, current["w"] - previous["w"])
+        theta = math.sqrt(previous["theta"] * current["theta"])
+        lam = tracer.min_eigenvalue(middle, tracer.data(theta))
+        if lam <= 0 and not _one_branch(tracer, previous, current):
+            events.append(PathEvent("fold", *pair, lam))
+    return events
+
+
+# Resolving a suspicious step: adaptive tangent steps to this predictor error (grid cells), no
+# smaller than the step/_RESOLVE_STEPS; the same minimiser if the ends are this close (cells).
+_RESOLVE_ERROR = 0.1
+_RESOLVE_STEPS = 64
+_SAME_POINT = 1e-2
+
+
+def _one_branch(tracer: _Tracer, previous: dict, current: dict) -> bool:
+    """Whether the step previous → current stays on one branch of minimisers: retraced by the
+    adaptive tangent predictor (module docstring), it must reach the new θ without jumping past
+    a fold and end at the same minimiser. Run only where the middle of the step is not convex."""
+    started = time.perf_counter()
+    ds = math.log(current["theta"]) - math.log(previous["theta"])
+    schedule = [previous["theta"], previous["theta"] * math.exp(ds / 4), current["theta"]]
+    callback, tracer.callback = tracer.callback, None
+    timings = dict(tracer.timings)
+    try:
+        points, _, _, status, _ = _follow_adaptive(
+            tracer,
+            previous["w"],
+            schedule,
+            "tangent",
+            target_error=_RESOLVE_ERROR,
+            target_iterations=6,
+            min_step=abs(ds) / _RESOLVE_STEPS,
+            max_steps=4 * _RESOLVE_STEPS,
+        )
+    finally:
+        tracer.callback = callback
+        tracer.timings.update(timings)  # the retrace is counted under "folds" alone
+    same = (
+        status is Status.CONVERGED
+        and not any(pt["jump"] for pt in points)
+        and points[-1]["theta"] == current["theta"]
+        and tracer.error(points[-1]["w"], current["w"]) <= _SAME_POINT
+    )
+    tracer.timings["folds"] = tracer.timings.get("folds", 0.0) + time.perf_counter() - started
+    return same
+
+
+def _starts(starts: Any, trafo: Transform, domain: Domain) -> list[Any]:
+    """The starting parameters of ``starts`` (validated; NumPy or the caller's arrays)."""
+    if isinstance(starts, bool):
+        raise TypeError("starts must be an int or a sequence of parameter vectors, not bool")
+    if isinstance(starts, (int, np.integer)):
+        n = _count("starts", starts, 1)
+        if domain.dim != 2 or trafo.name not in ("rigid", "affine"):
+            raise ValueError(
+                "starts=n (rotations about the centre) needs a 2D rigid or affine transform; "
+                "give a sequence of parameter vectors instead"
+            )
+        return [_rotation(trafo, domain, 360.0 * k / n) for k in range(n)]
+    if isinstance(starts, str) or not isinstance(starts, Sequence | np.ndarray):
+        raise TypeError(
+            f"starts must be an int or a sequence of parameter vectors, not {type(starts).__name__}"
+        )
+    if len(starts) == 0:
+        raise ValueError("starts must hold at least one parameter vector")
+    return list(starts)
+
+
+def _rotation(trafo: Transform, domain: Domain, degrees: float) -> np.ndarray:
+    """Parameters of the map y = Q(x − c) + c (rotation by ``degrees`` about the domain's centre c)
+    for a 2D rigid or affine transform, found by least squares on the grid (exact for both)."""
+    c = np.array(domain.lower) + np.array(domain.extent) / 2
+    a = math.radians(degrees)
+    Q = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    x = domain.cell_centers()
+    target = (x - c) @ Q.T + c
+    if trafo.name == "affine":
+        # FAIR's affine2D: y1 = w1 x1 + w2 x2 + w3, y2 = w4 x1 + w5 x2 + w6
+        return np.array([Q[0, 0], Q[0, 1], c[0] - Q[0] @ c, Q[1, 0], Q[1, 1], c[1] - Q[1] @ c])
+    w = np.asarray(trafo.identity(np), dtype=float)
+    for phi in (a, -a):  # the sign convention of the angle is the transform's own
+        b = target[0] - np.asarray(trafo(np.array([phi, 0.0, 0.0]), x[:1]))[0]
+        w = np.array([phi, *b])
+        if np.allclose(np.asarray(trafo(w, x)), target, atol=1e-9 * (1 + np.abs(target).max())):
+            return w
+    raise ValueError(f"cannot express a rotation by {degrees}° with the transform {trafo.name}")
 
 
 # -------------------------------------------------------------------------------- validation
@@ -402,8 +680,9 @@ def _count(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _schedule(thetas: Any, theta_range: Any, n_steps: Any) -> list[float]:
-    """The θ values, strictly decreasing and positive."""
+def _schedule(thetas: Any, theta_range: Any, n_steps: Any) -> list[float] | tuple[str, int]:
+    """The θ values, strictly decreasing and positive; ``("auto", n)`` when θ_max is to be
+    chosen from the data (neither ``thetas`` nor ``theta_range`` given)."""
     if thetas is not None:
         if theta_range is not None or n_steps is not None:
             raise ValueError("give either thetas or theta_range (with n_steps), not both")
@@ -414,8 +693,10 @@ def _schedule(thetas: Any, theta_range: Any, n_steps: Any) -> list[float]:
         if not values:
             raise ValueError("thetas must hold at least one value")
     else:
-        hi, lo = (1e3, 1e-3) if theta_range is None else _pair(theta_range)
         n = 40 if n_steps is None else _count("n_steps", n_steps, 2)
+        if theta_range is None:
+            return ("auto", n)
+        hi, lo = _pair(theta_range)
         if not (math.isfinite(hi) and math.isfinite(lo) and hi > lo > 0):
             raise ValueError(f"theta_range must be (hi, lo) with hi > lo > 0, got {theta_range!r}")
         values = [float(v) for v in np.geomspace(hi, lo, n)]
@@ -424,6 +705,69 @@ def _schedule(thetas: Any, theta_range: Any, n_steps: Any) -> list[float]:
     if any(b >= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"thetas must be strictly decreasing (large θ first), got {values}")
     return values
+
+
+def _map_metric(bk: Any, trafo: Transform, domain: Domain, w: Any, x: Any) -> np.ndarray:
+    """M = mean_x (∂y/∂w)ᵀ diag(h)⁻² (∂y/∂w) at w (NumPy): ‖Δw‖²_M is the mean squared motion of
+    the grid in cells, the scale of ``map_distance``."""
+    xp = bk.xp
+    hk = xp.asarray(domain.h, dtype=x.dtype, device=array_api_compat.device(x))
+    Jy = bk.to_numpy(bk.jacobian(lambda v: xp.reshape(trafo(v, x) / hk, (-1,)))(w))
+    return Jy.T @ Jy / x.shape[0]
+
+
+def _min_generalised_eigenvalue(H: np.ndarray, M: np.ndarray) -> float:
+    """Smallest λ with H v = λ M v (M symmetric positive definite)."""
+    L = np.linalg.cholesky(M)
+    Li = np.linalg.inv(L)
+    S = Li @ (0.5 * (H + H.T)) @ Li.T
+    return float(np.linalg.eigvalsh(S)[0])
+
+
+def _theta_from_data(
+    bk: Any, kernels: dict, images: tuple, x: Any, w_id: Any, M: np.ndarray, theta_min: float
+) -> ThetaChoice:
+    """θ_max: the largest θ at which min_I λ_I(θ)/λ_I(θ_min) ≥ THETA_INFORMATION (module
+    docstring), on half decades from θ_min up to _THETA_CAP, interpolated in log θ."""
+    n = math.floor(2 * math.log10(_THETA_CAP / theta_min) + 1e-9) + 1
+    grid = [theta_min * 10 ** (k / 2) for k in range(n)]
+    info = []
+    for image in images:
+        lam = []
+        for theta in grid:
+            t = bk.asarray(
+                bk.asarray(theta, dtype=w_id.dtype), device=array_api_compat.device(w_id)
+            )
+            c, Ic = kernels["images"](t, image, image, x)
+            lam.append(
+                _min_generalised_eigenvalue(bk.to_numpy(kernels["hessian"](w_id, c, Ic, x)), M)
+            )
+        info.append(np.array(lam))
+    scale = [lam[0] for lam in info]
+    if not all(math.isfinite(v) and v > 0 for v in scale):
+        # w is not determined even by the sharp images: the rule has nothing to compare with
+        return ThetaChoice("fallback", _THETA_FALLBACK)
+    ratio = np.min([lam / lam[0] for lam in info], axis=0)
+    ratio = np.where(np.isfinite(ratio), ratio, 0.0)
+    log_t = np.log(grid)
+    passing = np.flatnonzero(ratio >= THETA_INFORMATION)
+    # the first grid value that fails ends the search: larger θ only lose more information
+    failing = np.flatnonzero(ratio < THETA_INFORMATION)
+    if failing.size == 0:
+        theta_max = grid[-1]
+    else:
+        k = int(failing[0])
+        if k == 0 or passing.size == 0:
+            theta_max = grid[1]
+        else:
+            # linear in log ratio vs log θ between the last passing and the first failing value
+            r0, r1 = math.log(max(ratio[k - 1], 1e-300)), math.log(max(ratio[k], 1e-300))
+            f = (math.log(THETA_INFORMATION) - r0) / (r1 - r0) if r1 != r0 else 0.0
+            theta_max = math.exp(log_t[k - 1] + f * (log_t[k] - log_t[k - 1]))
+    theta_max = max(theta_max, grid[1])
+    return ThetaChoice(
+        "data", float(theta_max), tuple(float(t) for t in grid), tuple(float(r) for r in ratio)
+    )
 
 
 def _pair(value: Any) -> tuple[float, float]:
@@ -538,7 +882,18 @@ class _Tracer:
     tol: float
     max_iter: int
     callback: Any = None
+    metric: np.ndarray | None = None
     timings: dict = field(default_factory=lambda: {"corrector": 0.0, "predictor": 0.0})
+
+    def min_eigenvalue(self, w: Any, data: tuple) -> float:
+        """λ_min of (∇²_w J(w, θ), M) at the θ of ``data`` (NaN without dense Hessians)."""
+        if not self.dense or self.metric is None:
+            return math.nan
+        started = time.perf_counter()
+        H = self.bk.to_numpy(self.kernels["hessian"](w, *data))
+        lam = _min_generalised_eigenvalue(H, self.metric) if np.all(np.isfinite(H)) else math.nan
+        self.timings["folds"] = self.timings.get("folds", 0.0) + time.perf_counter() - started
+        return lam
 
     def accepted(self, points: list) -> None:
         """Report the newest point on the path to the user's callback (θ, J, iterations)."""

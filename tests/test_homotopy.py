@@ -26,7 +26,7 @@ import multireg
 from multireg import Domain
 from multireg._backend import _instance
 from multireg.data import blobs
-from multireg.homotopy import _kernels, homotopy
+from multireg.homotopy import THETA_INFORMATION, _kernels, _starts, homotopy
 from multireg.interpolation import _regularizer_matrix
 from multireg.optimize import Status
 
@@ -94,11 +94,11 @@ def _spline_ref(coef, x):
     )
 
 
-def _ssd_ref(theta):
+def _ssd_ref(theta, T=T_IMG, R=R_IMG):
     """t1 ↦ J((t1, 0), θ) = ½·hd·‖T_θ(x + t) − R_θ(x)‖², independent of the library."""
     x = DOMAIN.cell_centers()
-    cT = _coefficients_ref(T_IMG, theta)
-    Rc = _spline_ref(_coefficients_ref(R_IMG, theta), x)
+    cT = _coefficients_ref(T, theta)
+    Rc = _spline_ref(_coefficients_ref(R, theta), x)
 
     def J(t1):
         r = _spline_ref(cT, x + np.array([t1, 0.0])) - Rc
@@ -451,3 +451,176 @@ def test_bad_images_are_rejected():
         homotopy(T_IMG, np.ones(M), OMEGA)
     with pytest.raises(ValueError, match="omega must have"):
         homotopy(T_IMG, R_IMG, (0.0, 1.0))
+
+
+# ------------------------------------------------- θ_max from the data, folds, several starts
+#
+# A rotated pair on the hands' domain (Watson et al.'s setting, issue 14): four blobs, the
+# template the reference rotated by 150° about the centre, so that T(y(x)) = R(x) for y the
+# rotation by 150°. From the identity the path of every schedule ends at a wrong rotation; the
+# fixed schedule (1e3, 1e-3) in 20 values also passes a fold with the affine transform.
+
+OMEGA_HANDS = (0.0, 20.0, 0.0, 25.0)
+
+
+def _rotated_blobs(m, degrees, seed=0):
+    R, domain = blobs(m, OMEGA_HANDS, n_blobs=4, seed=seed)
+    c = np.array(domain.lower) + np.array(domain.extent) / 2
+    a = math.radians(degrees)
+    Q = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    x = domain.cell_centers()
+    # T(x) = R(Qᵀ(x − c) + c)
+    coef = multireg.spline_coefficients(R)
+    T = multireg.spline_interpolate(coef, domain, (x - c) @ Q + c)
+    return np.asarray(T).reshape(m), R, domain
+
+
+def _rotation_angle(res, bk, domain):
+    """The rotation (degrees in [0, 360)) closest to the linear part of the final map."""
+    c = np.array(domain.lower) + np.array(domain.extent) / 2
+    pts = c + np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    y = bk.to_numpy(res.transform(bk.asarray(res.ws[-1]), bk.asarray(pts)))
+    A = np.stack([y[1] - y[0], y[2] - y[0]], axis=1)
+    return math.degrees(math.atan2(A[1, 0] - A[0, 1], A[0, 0] + A[1, 1])) % 360
+
+
+def _angle_error(a, b):
+    return abs((a - b + 180) % 360 - 180)
+
+
+def _one_ad():
+    """JAX where installed (these paths are 10-100x slower in torch's eager mode; torch == JAX
+    is tested above), else torch."""
+    if not AD_BACKENDS:
+        pytest.skip("needs torch or jax")
+    return _instance("jax" if "jax" in AD_BACKENDS else "torch")
+
+
+def test_several_starts_recover_a_large_rotation():
+    ad_bk = _one_ad()
+    T, R, domain = _rotated_blobs((16, 16), 150.0)
+    options = dict(transform="rigid", backend=ad_bk, n_steps=12)
+    old = homotopy(T, R, OMEGA_HANDS, theta_range=(1e3, 1e-3), **options)
+    assert _angle_error(_rotation_angle(old, ad_bk, domain), 150.0) > 90  # the identity's branch
+    res = homotopy(T, R, OMEGA_HANDS, starts=3, **options)
+    assert res.success, res.message
+    assert _angle_error(_rotation_angle(res, ad_bk, domain), 150.0) < 0.1
+    assert len(res.branches) == 3 and res.branches[res.best_branch].distance == res.distance
+    assert res.distance == min(b.distance for b in res.branches)
+    assert res.distance < 1e-3 * old.distance
+    # the starts are the rotations about the centre by 0°, 120°, 240°
+    w_starts = _starts(3, res.transform, domain)
+    x = domain.cell_centers()
+    c = np.array(domain.lower) + np.array(domain.extent) / 2
+    for k, w in enumerate(w_starts):
+        a = math.radians(120.0 * k)
+        Q = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        np.testing.assert_allclose(res.transform(w, x), (x - c) @ Q.T + c, atol=1e-12)
+    # every branch was traced on the same schedule
+    for b in res.branches:
+        np.testing.assert_array_equal(b.thetas, res.thetas)
+
+
+def test_a_fold_on_the_path_is_reported():
+    """The study's schedule in 20 values, affine: the path from θ = 1e3 crosses from one branch
+    of minimisers to another between two accepted points. The event is recorded, ``folded`` says
+    so, and the step, retraced finely through the public API, does not stay on one branch."""
+    bk = _one_ad()
+    T, R, _ = _rotated_blobs((24, 24), 150.0)
+    res = homotopy(
+        T, R, OMEGA_HANDS, transform="affine", theta_range=(1e3, 1e-3), n_steps=20, backend=bk
+    )
+    assert res.folded and [e.kind for e in res.events] == ["fold"]
+    assert "not necessarily the global minimiser" in res.message
+    event = res.events[0]
+    assert event.eigenvalue <= 0
+    k = list(res.thetas).index(event.theta_from)
+    assert res.thetas[k + 1] == event.theta_to
+    fine = homotopy(
+        T, R, OMEGA_HANDS, transform="affine", theta_range=(event.theta_from, event.theta_to),
+        step="adaptive", target_error=0.05, min_step=1e-3, w0=res.ws[k], backend=bk,
+    )  # fmt: skip
+    ends_apart = np.linalg.norm(fine.ws[-1] - res.ws[k + 1]) > 1e-3
+    assert any(p.jump for p in fine.path) or ends_apart
+    # every other step is followed on one branch: each retraced finely ends where the path does
+    j = k - 1
+    fine = homotopy(
+        T, R, OMEGA_HANDS, transform="affine", theta_range=(res.thetas[j], res.thetas[j + 1]),
+        step="adaptive", target_error=0.05, min_step=1e-3, w0=res.ws[j], backend=bk,
+    )  # fmt: skip
+    assert not any(p.jump for p in fine.path)
+    np.testing.assert_allclose(fine.ws[-1], res.ws[j + 1], atol=1e-6)
+
+
+def test_a_minimiser_that_becomes_a_saddle_is_reported(ad_bk):
+    """R's two equal blobs are symmetric about T's blob: t = 0 is a critical point at every θ, a
+    minimiser while the smoothing merges R's blobs and a saddle once they separate (a pitchfork).
+    The corrector's gradient test holds there, so only the Hessian tells. The sign of λ_min at
+    each point matches the curvature d²J/dt1² of the independent model at t = 0."""
+    T, R = _blob((0.5, 0.5)), _blob((0.38, 0.5)) + _blob((0.62, 0.5))
+    res = homotopy(T, R, OMEGA, transform="translation", thetas=THETAS, tol=TIGHT, backend=ad_bk)
+    np.testing.assert_allclose(res.ws, 0.0, atol=1e-12)
+    h = 1e-4
+    for theta, lam in zip(THETAS, res.min_eigenvalues, strict=True):
+        J = _ssd_ref(theta, T, R)
+        curvature = (J(h) - 2 * J(0.0) + J(-h)) / h**2
+        assert np.sign(lam) == np.sign(curvature), (theta, lam, curvature)
+    assert res.min_eigenvalues[0] > 0 > res.min_eigenvalues[-1]
+    assert [e.kind for e in res.events] == ["indefinite"]
+    k = int(np.argmax(res.min_eigenvalues <= 0))
+    assert (res.events[0].theta_from, res.events[0].theta_to) == (THETAS[k - 1], THETAS[k])
+    assert not res.success and res.folded and "not a minimiser" in res.message
+    # the same path with unequal blobs bends onto one of them: one branch, no event
+    res = _run(ad_bk, thetas=THETAS)
+    assert res.success and not res.events and np.all(res.min_eigenvalues > 0)
+
+
+def test_theta_max_from_the_data_scales_with_the_grid():
+    """θ acts on the coefficients in index units (a smoothing length ∝ θ^¼ cells): the same image
+    on a grid twice as fine needs θ 2⁴ = 16 times larger for the same smoothing, and the rule
+    finds that; the fixed schedule does not. The schedule starts at the chosen θ_max, where the
+    information ratio crosses THETA_INFORMATION."""
+    bk = _torch()
+    chosen = []
+    for m in (16, 32):
+        R, _ = blobs((m, m), OMEGA_HANDS, n_blobs=4, seed=5)
+        res = homotopy(R, R, OMEGA_HANDS, transform="translation", n_steps=2, backend=bk)
+        choice = res.theta_choice
+        assert choice.method == "data" and res.thetas[0] == choice.theta_max
+        assert res.thetas[-1] == 1e-3
+        grid, info = np.array(choice.thetas), np.array(choice.information)
+        assert info[0] == 1.0
+        assert np.all(info[grid <= choice.theta_max] >= THETA_INFORMATION)
+        assert info[np.argmax(grid > choice.theta_max)] < THETA_INFORMATION
+        chosen.append(choice.theta_max)
+    assert 10 < chosen[1] / chosen[0] < 25
+
+
+def test_an_explicit_schedule_overrides_the_data():
+    bk = _one_ad()
+    default = _run(bk, n_steps=5)
+    assert default.theta_choice.method == "data" and default.thetas[0] != 1e3
+    for options in (dict(theta_range=(1e3, 1e-3), n_steps=5), dict(thetas=[1e3, 1.0, 1e-3])):
+        res = _run(bk, **options)
+        assert res.theta_choice.method == "given" and res.theta_choice.theta_max == 1e3
+        assert res.thetas[0] == 1e3 and res.thetas[-1] == 1e-3
+        assert len(res.thetas) == options.get("n_steps", 3)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        (dict(starts=0), ValueError, "starts must be ≥ 1"),
+        (dict(starts=True), TypeError, "starts must be an int or a sequence"),
+        (dict(starts="four"), TypeError, "starts must be an int or a sequence"),
+        (dict(starts=[]), ValueError, "starts must hold at least one"),
+        (dict(starts=3, transform="translation"), ValueError, "2D rigid or affine"),
+        (dict(starts=[[0.0, 0.0], [0.0]]), ValueError, r"starts\[1\] must have shape \(2,\)"),
+        (dict(starts=[[0.0, math.inf]]), ValueError, r"starts\[0\] contains NaN"),
+        (dict(starts=2, w0=[0.0, 0.0, 0.0], transform="rigid"), ValueError, "either w0 or starts"),
+    ],
+)
+def test_bad_starts_are_rejected(options, error, match):
+    options = {"transform": "translation", **options}
+    with pytest.raises(error, match=match):
+        homotopy(T_IMG, R_IMG, OMEGA, **options)
