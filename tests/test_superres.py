@@ -241,3 +241,34 @@ def test_pre_registration_finds_the_motions(ad_bk):
     assert np.all(w0[0] == 0)
     # measured: 0.02 relative (2 % noise, coarse frames registered to frame 0)
     assert _rel(w0, p.w_true) < 0.1
+
+
+@pytest.mark.slow  # 13 s on 2 shared cores (pre-registration of 7 frames, then VarPro)
+def test_cli_synthetic_converges_and_improves_on_its_start(ad_bk):
+    """Issue 12.5: ``multireg superres --synthetic`` exited 3: the command line's --tol-g
+    (1e-4) was not the library's (1e-2, see superres.solve), and on this model (linear
+    interpolation: Φ is only piecewise smooth in w) the gradient levels off at ~1e-3. The
+    CLI's own code path (run_superres) on a smaller synthetic problem (8 frames of 8²; one
+    frame's pre-registration is far off): measured before, MAX_ITERATIONS after 20
+    iterations; now CONVERGED after 14, image error 0.116 → 0.056 (0.050 at the true
+    motions)."""
+    if ad_bk.name == "torch":
+        pytest.skip(TORCH_SLOW)
+    import inspect
+
+    from multireg import cli
+
+    defaults = inspect.signature(superres.solve).parameters
+    args = cli.build_parser().parse_args(
+        ["superres", "--synthetic", "--m-coarse", "8,8", "--n-frames", "8",
+         "--backend", ad_bk.name, "-q"]
+    )  # fmt: skip
+    result, status = cli.run_superres(args)
+    assert status is Status.CONVERGED, result.info["message"]
+    for name in ("max_iter", "tol_j", "tol_y", "tol_g"):  # the CLI solves the library's problem
+        assert getattr(args, name) == defaults[name].default, name
+    values = result
+    assert values["image_error"] < 0.7 * values["image_error_start"]
+    assert values["motion_error"] < 0.1 * values["motion_error_start"]
+    history = result.raw.separable.result.history
+    assert history[-1].fun < 0.5 * history[0].fun
