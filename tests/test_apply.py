@@ -200,6 +200,12 @@ def test_bad_input_names_the_argument():
 # ------------------------------------------------------------------- command line
 
 
+def _cli_speed(test):
+    """Slow where JAX alone runs the three registrations of ``cli_runs`` (it compiles them for
+    ~30 s); torch runs them in seconds."""
+    return pytest.mark.slow(test) if "torch" not in AD_BACKENDS else test
+
+
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
     """'multireg register' (affine and nonparametric, linear model) on .npy files."""
@@ -215,11 +221,12 @@ def cli_runs(tmp_path_factory):
     np.save(folder / "T.npy", T_px)
     np.save(folder / "R.npy", apply(shift, T_px, order="cubic"))
     common = ["--image-model", "linear", "--backend", backend, "-q", "--max-iter", "5"]
+    common += ["--levels", "1"]  # one level: fewer kernels for JAX to compile
     runs = {}
     for name, extra in (
         ("affine", ["--transform", "affine"]),
         ("bspline", ["--transform", "bspline", "--p", "5,4"]),  # FAIR's layout in result.json
-        ("nonparametric", ["--transform", "nonparametric", "--alpha", "1", "--levels", "2"]),
+        ("nonparametric", ["--transform", "nonparametric", "--alpha", "1"]),
     ):
         out = folder / name
         argv = ["register", folder / "T.npy", folder / "R.npy", "--out", out, *common, *extra]
@@ -228,6 +235,7 @@ def cli_runs(tmp_path_factory):
     return folder, T_px, runs
 
 
+@_cli_speed
 @pytest.mark.parametrize("name", ["affine", "bspline", "nonparametric"])
 def test_cli_apply_reproduces_the_registration_s_warped_image(cli_runs, tmp_path, capsys, name):
     folder, T_px, runs = cli_runs
@@ -239,6 +247,7 @@ def test_cli_apply_reproduces_the_registration_s_warped_image(cli_runs, tmp_path
     np.testing.assert_allclose(apply(runs[name], T_px), warped, atol=1e-12)
 
 
+@_cli_speed
 def test_cli_apply_labels_and_points(cli_runs, tmp_path, capsys):
     _, _, runs = cli_runs
     labels = (np.arange(24)[:, None] // 6 + 3 * (np.arange(20)[None, :] // 7)).astype(np.int32)
@@ -264,6 +273,7 @@ def test_cli_apply_labels_and_points(cli_runs, tmp_path, capsys):
     np.testing.assert_allclose(back, pts, atol=1e-5)
 
 
+@_cli_speed
 def test_cli_apply_bad_input_is_one_line(cli_runs, tmp_path, capsys):
     folder, _, runs = cli_runs
     code, _, err = _cli(capsys, "apply", tmp_path / "missing", folder / "T.npy")
@@ -273,6 +283,7 @@ def test_cli_apply_bad_input_is_one_line(cli_runs, tmp_path, capsys):
     assert not (tmp_path / "multireg-apply").exists()
 
 
+@_cli_speed
 def test_cli_apply_exports_for_itk(cli_runs, tmp_path, capsys):
     """--export: a linear run as an ITK transform file, a nonparametric one as a field; both
     read back (by SimpleITK and multireg.itk) as the run's map."""
