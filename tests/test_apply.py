@@ -130,6 +130,12 @@ def test_folding_map_inverse_reports_no_convergence():
 # ------------------------------------------------------------ against register()
 
 
+def _registers(test):
+    """Slow where JAX alone runs the registrations of ``results`` and ``cli_runs`` (it compiles
+    them for 15-30 s); torch runs them in seconds."""
+    return pytest.mark.slow(test) if "torch" not in AD_BACKENDS else test
+
+
 @pytest.fixture(scope="module")
 def results():
     names = sorted(AD_BACKENDS, key=lambda n: n != "torch")  # torch compiles nothing: quicker
@@ -144,12 +150,14 @@ def results():
     return par, nonpar
 
 
+@_registers
 def test_apply_equals_result_warped(results):
     for res in results:
         warped = np.asarray(multireg._checks.to_host(res.warped))
         np.testing.assert_allclose(apply(res, T, order="linear"), warped, atol=1e-12)
 
 
+@_registers
 def test_nonparametric_result_map_at_centres_is_result_y(results):
     _, res = results
     mp = Map.from_result(res)
@@ -158,6 +166,7 @@ def test_nonparametric_result_map_at_centres_is_result_y(results):
     np.testing.assert_allclose(mp(DOMAIN.cell_centers()), y, atol=1e-12)
 
 
+@_registers
 @pytest.mark.parametrize("order", ["nearest", "linear", "cubic"])
 def test_warping_then_sampling_equals_mapping_points_then_sampling(results, order):
     """Landmarks x at reference voxels: warped[i] == T(y(x_i)) (one map for images and points)."""
@@ -171,6 +180,7 @@ def test_warping_then_sampling_equals_mapping_points_then_sampling(results, orde
         )
 
 
+@_registers
 def test_apply_onto_another_grid(results):
     """like=: a finer output grid over the same box samples the same continuous warped image."""
     par, _ = results
@@ -198,12 +208,6 @@ def test_bad_input_names_the_argument():
 
 
 # ------------------------------------------------------------------- command line
-
-
-def _cli_speed(test):
-    """Slow where JAX alone runs the three registrations of ``cli_runs`` (it compiles them for
-    ~30 s); torch runs them in seconds."""
-    return pytest.mark.slow(test) if "torch" not in AD_BACKENDS else test
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +239,7 @@ def cli_runs(tmp_path_factory):
     return folder, T_px, runs
 
 
-@_cli_speed
+@_registers
 @pytest.mark.parametrize("name", ["affine", "bspline", "nonparametric"])
 def test_cli_apply_reproduces_the_registration_s_warped_image(cli_runs, tmp_path, capsys, name):
     folder, T_px, runs = cli_runs
@@ -247,7 +251,7 @@ def test_cli_apply_reproduces_the_registration_s_warped_image(cli_runs, tmp_path
     np.testing.assert_allclose(apply(runs[name], T_px), warped, atol=1e-12)
 
 
-@_cli_speed
+@_registers
 def test_cli_apply_labels_and_points(cli_runs, tmp_path, capsys):
     _, _, runs = cli_runs
     labels = (np.arange(24)[:, None] // 6 + 3 * (np.arange(20)[None, :] // 7)).astype(np.int32)
@@ -273,7 +277,7 @@ def test_cli_apply_labels_and_points(cli_runs, tmp_path, capsys):
     np.testing.assert_allclose(back, pts, atol=1e-5)
 
 
-@_cli_speed
+@_registers
 def test_cli_apply_bad_input_is_one_line(cli_runs, tmp_path, capsys):
     folder, _, runs = cli_runs
     code, _, err = _cli(capsys, "apply", tmp_path / "missing", folder / "T.npy")
@@ -283,7 +287,7 @@ def test_cli_apply_bad_input_is_one_line(cli_runs, tmp_path, capsys):
     assert not (tmp_path / "multireg-apply").exists()
 
 
-@_cli_speed
+@_registers
 def test_cli_apply_exports_for_itk(cli_runs, tmp_path, capsys):
     """--export: a linear run as an ITK transform file, a nonparametric one as a field; both
     read back (by SimpleITK and multireg.itk) as the run's map."""
