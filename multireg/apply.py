@@ -517,6 +517,8 @@ def sample(data: Any, domain: Domain, y: Any, *, order: str = "linear", fill: fl
     data = np.asarray(_checks.to_host(data))
     y = _points("y", y, domain.dim)
     if order == "nearest":
+        if data.dtype.kind in "biu" and np.asarray(fill).astype(data.dtype) != fill:
+            raise ValueError(f"fill {fill} is not a value of the image's dtype {data.dtype}")
         idx = np.floor(world_to_index(y, domain) + 0.5).astype(np.int64)
         inside = np.all((idx >= 0) & (idx < np.asarray(domain.m)), axis=1)
         flat = data.reshape(-1)[np.ravel_multi_index(tuple(np.where(inside, idx.T, 0)), domain.m)]

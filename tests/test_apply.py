@@ -205,6 +205,8 @@ def test_bad_input_names_the_argument():
         Map(DOMAIN, displacement=np.zeros((3, 3, 2)))
     with pytest.raises(ValueError, match="w must have shape"):
         Map(DOMAIN, Affine(2), np.zeros(3))
+    with pytest.raises(ValueError, match="fill"):  # -1 would wrap round to 255
+        apply(mp, np.zeros(DOMAIN.m, np.uint8), order="nearest", fill=-1)
 
 
 # ------------------------------------------------------------------- command line
