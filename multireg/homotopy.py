@@ -76,11 +76,16 @@ M = mean_x (∂y/∂w)ᵀ diag(h)⁻² (∂y/∂w), which makes the comparison i
 parametrised; λ_I(θ) is the smallest generalised eigenvalue of (G_I(θ), M), the curvature of J per
 squared grid cell of motion in the least determined direction. θ_max is the largest θ (on a
 half-decade grid from θ_min up to 1e6, interpolated in log θ) with min_I λ_I(θ)/λ_I(θ_min) ≥
-``THETA_INFORMATION`` = 0.1: the smoothing may cost at most one decade of information in the
-weakest direction (Haber & Modersitzki's scale space, Modersitzki, *FAIR*, SIAM 2009, §3.6 and
-§8.4, leaves θ to the user; this rule makes it a property of the data). On the hands at m = 32 it
-gives θ_max ≈ 5 (the path reaches the global minimiser from any θ_max ≥ 3, bench/homotopy.py), on
-the blob images of the tests ≈ 100. Cost: two p×p Hessians per grid value, 2·19 in all. For
+``THETA_INFORMATION`` = 0.01: the smoothing may cost at most two decades of information in the
+weakest direction. The smoothing is FAIR's spline smoothing (Modersitzki, *FAIR*, SIAM 2009,
+§3.6), whose weight FAIR and the study (Watson et al., above) leave to the user; this rule makes it
+a property of the data. Since θ is in index units (a smoothing length ∝ θ^¼ cells), the same image
+on a grid twice as fine gets a θ_max about 2⁴ = 16 times larger (tested). On the hands at m = 32
+it gives θ_max ≈ 100 (affine; the path reaches the global minimiser from any θ_max ≥ 3 there,
+bench/homotopy.py), on four-blob images at m = 32 500–3000. The threshold was set so that the
+hands keep their result; the rotated blobs of issue 14 are not helped by any θ_max from the
+identity (their 150° rotation lies outside the identity's branch at every θ), which is what
+``starts`` is for. Cost: two p×p Hessians per grid value, 2·19 in all. For
 matrix-free transformations (more than ``optimize.DENSE_MAX`` parameters) the rule is not
 evaluated and θ_max = 1e3. ``theta_range`` or ``thetas`` override it.
 
@@ -216,8 +221,12 @@ class HomotopyResult:
     computed them; ``distance`` is J(w, θ) at the final θ (which is ``theta``: the last value of
     the schedule, unless an adaptive path stopped early). ``path`` holds the accepted points;
     ``corrector_iterations`` counts every corrector iteration, rejected trials included.
-    ``timings``: seconds ``total``, ``corrector`` (coefficients, solves) and ``predictor``
-    (tangents, extrapolation, error estimates).
+    ``timings``: seconds ``total``, ``corrector`` (coefficients, solves), ``predictor``
+    (tangents, extrapolation, error estimates), ``folds`` (λ_min at each point, the middle of each
+    step and the retrace of suspicious steps) and ``choose θ`` (θ_max from the data; with several
+    starts computed once, and counted in every branch's ``total``). ``events``, ``folded`` and
+    ``min_eigenvalues`` describe the branch structure of the path (module docstring);
+    ``theta_choice`` how θ_max was set.
     """
 
     w: Any
