@@ -272,11 +272,15 @@ class Regions:
     alpha: float = 0.01
     alpha_space: float = 0.0
 
-    def bind(self, s: Setting) -> tuple[ModelKernel, tuple]:
-        if s.masks is None:
+    def _check(self, n_frames: int, masks: np.ndarray | None) -> None:
+        """The model's own arguments against the input, before any work."""
+        if masks is None:
             raise ValueError("model 'regions' needs masks (the region masks M_r)")
         _checks.positive("alpha", self.alpha, allow_zero=True)
         _checks.positive("alpha_space", self.alpha_space, allow_zero=True)
+
+    def bind(self, s: Setting) -> tuple[ModelKernel, tuple]:
+        self._check(len(s.times), s.masks)
         bk = s.bk
         dtype, device = s.frames.dtype, array_api_compat.device(s.frames)
         h = s.domain.cell_volume
@@ -443,34 +447,44 @@ class Basis:
     n_basis: int = 3
     alpha: float = 0.1
 
-    def bind(self, s: Setting) -> tuple[ModelKernel, tuple]:
+    def _check(self, n_frames: int, masks: np.ndarray | None) -> np.ndarray | None:
+        """The model's own arguments against the input, before any work; returns the basis
+        matrix when one is given (None for "bspline" and "pca")."""
         _checks.positive("alpha", self.alpha, allow_zero=True)
-        bk, xp = s.bk, s.bk.xp
-        dtype, device = s.frames.dtype, array_api_compat.device(s.frames)
-        n_frames = len(s.times)
         if isinstance(self.basis, str):
             _checks.choice("basis", self.basis, ("bspline", "pca"))
-            if isinstance(self.n_basis, bool) or not isinstance(self.n_basis, int):
+            if isinstance(self.n_basis, bool) or not isinstance(self.n_basis, (int, np.integer)):
                 raise TypeError(f"n_basis must be an integer, got {self.n_basis!r}")
             if not 1 <= self.n_basis <= n_frames:
                 raise ValueError(f"n_basis must be in [1, {n_frames}], got {self.n_basis}")
-            if self.basis == "bspline":
-                Phi = bspline_basis(s.times, self.n_basis)
-            else:
-                U, _, _ = xp.linalg.svd(s.warped, full_matrices=False)
-                Phi = bk.to_numpy(U)[:, : self.n_basis]
-        else:
+            return None
+        try:
             Phi = np.asarray(_checks.to_host(self.basis), dtype=np.float64)
-            if Phi.ndim != 2 or Phi.shape[0] != n_frames or not 1 <= Phi.shape[1] <= n_frames:
-                raise ValueError(
-                    f"basis must be 'bspline', 'pca' or a matrix of shape ({n_frames}, J) with "
-                    f"1 <= J <= {n_frames}, got shape {Phi.shape}"
-                )
-            if not np.all(np.isfinite(Phi)):
-                raise ValueError("basis contains NaN or Inf")
-        Q, R = np.linalg.qr(Phi)
-        if np.min(np.abs(np.diag(R))) <= 1e-10 * np.max(np.abs(np.diag(R))):
-            raise ValueError("basis must have linearly independent columns")
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"basis must be 'bspline', 'pca' or a real matrix, not {self.basis!r}"
+            ) from None
+        if Phi.ndim != 2 or Phi.shape[0] != n_frames or not 1 <= Phi.shape[1] <= n_frames:
+            raise ValueError(
+                f"basis must be 'bspline', 'pca' or a matrix of shape ({n_frames}, J) with "
+                f"1 <= J <= {n_frames}, got shape {Phi.shape}"
+            )
+        if not np.all(np.isfinite(Phi)):
+            raise ValueError("basis contains NaN or Inf")
+        _independent(Phi)
+        return Phi
+
+    def bind(self, s: Setting) -> tuple[ModelKernel, tuple]:
+        bk, xp = s.bk, s.bk.xp
+        dtype, device = s.frames.dtype, array_api_compat.device(s.frames)
+        n_frames = len(s.times)
+        Phi = self._check(n_frames, s.masks)
+        if Phi is None and self.basis == "bspline":
+            Phi = bspline_basis(s.times, int(self.n_basis))
+        elif Phi is None:
+            U, _, _ = xp.linalg.svd(s.warped, full_matrices=False)
+            Phi = bk.to_numpy(U)[:, : int(self.n_basis)]
+        Q, R = _independent(Phi)
 
         def arr(a):
             return bk.asarray(np.ascontiguousarray(a), dtype=dtype, device=device)
@@ -485,6 +499,14 @@ class Basis:
             Mt, C_inv = _orthonormal_masks(s.masks, s.domain.cell_volume)
             arrays = (*arrays, arr(Mt), arr(C_inv))
         return kernel, arrays
+
+
+def _independent(Phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The QR factors of the basis matrix, which must have linearly independent columns."""
+    Q, R = np.linalg.qr(Phi)
+    if np.min(np.abs(np.diag(R))) <= 1e-10 * np.max(np.abs(np.diag(R))):
+        raise ValueError("basis must have linearly independent columns")
+    return Q, R
 
 
 @dataclass(frozen=True)
@@ -1032,7 +1054,10 @@ def _validate(frames, times, omega, masks, backend, dtype, motion, ref):
         raise ValueError("frames contains NaN or Inf")
     if min(shape[1:]) < 4:
         raise ValueError(f"frames must have at least 4 cells per axis, got {tuple(shape[1:])}")
-    t = np.asarray(_checks.to_host(times), dtype=np.float64)
+    try:
+        t = np.asarray(_checks.to_host(times), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"times must be a sequence of real numbers, not {times!r:.60}") from None
     if t.ndim != 1 or len(t) != n_frames:
         raise ValueError(
             f"times must be a 1-D sequence with one time per frame ({n_frames}), got shape "
@@ -1105,14 +1130,7 @@ def _build(
 ) -> Problem:
     bk, xp = inp.bk, inp.bk.xp
     dtype, device = inp.frames.dtype, array_api_compat.device(inp.frames)
-    _checks.positive("theta", theta, allow_zero=True)
-    _checks.positive("beta", beta, allow_zero=True)
-    separable._check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
-    if motion == "nonparametric":
-        p = _pair("p", p)
-        mo = _Motion("nonparametric", inp.domain, p, float(beta))
-    else:
-        mo = _Motion(motion, inp.domain)
+    mo = _checked(inp, model, motion, w0, p, beta, theta, inner_rtol, inner_max_iter)
     n_frames = inp.frames.shape[0]
     coef = _padded_coefficients(bk, inp.frames, float(theta))
     x = inp.domain.cell_centers(xp, dtype=dtype, device=device)
@@ -1150,6 +1168,35 @@ def _build(
     )
 
 
+def _checked(
+    inp: _Input,
+    model: IntensityModel,
+    motion: str,
+    w0: Any,
+    p: Any,
+    beta: float,
+    theta: float,
+    inner_rtol: float,
+    inner_max_iter: int,
+) -> _Motion:
+    """Every argument of the problem checked against the input, before any work (a missing
+    region mask used to surface only after the pre-registration, 30–40 s later); returns the
+    motion model. ``w0``: None, "identity" or an (N, p) array."""
+    _checks.positive("theta", theta, allow_zero=True)
+    _checks.positive("beta", beta, allow_zero=True)
+    separable._check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
+    if motion == "nonparametric":
+        mo = _Motion("nonparametric", inp.domain, _pair("p", p), float(beta))
+    else:
+        mo = _Motion(motion, inp.domain)
+    check = getattr(model, "_check", None)
+    if isinstance(model, (Regions, Basis)) and check is not None:
+        check(len(inp.times), inp.masks)
+    if not (w0 is None or isinstance(w0, str)):
+        _host_motions(w0, mo, inp.frames.shape[0], "w0")
+    return mo
+
+
 def _pair(name: str, value: Any) -> tuple[int, int]:
     v = tuple(value) if isinstance(value, (tuple, list)) else None
     if (
@@ -1165,14 +1212,24 @@ def _pair(name: str, value: Any) -> tuple[int, int]:
 
 def _motions(bk, w, mo: _Motion, n_frames: int, dtype, device) -> Array:
     """Motions (N, p) as a backend array; None is the identity for every frame."""
+    return bk.asarray(_host_motions(w, mo, n_frames, "w"), dtype=dtype, device=device)
+
+
+def _host_motions(w: Any, mo: _Motion, n_frames: int, name: str) -> np.ndarray:
+    """Motions (N, p) on the host, checked; errors name the argument."""
     if w is None:
         w = np.tile(mo.identity(), (n_frames, 1))
-    host = np.asarray(_checks.to_host(w), dtype=np.float64)
+    try:
+        host = np.asarray(_checks.to_host(w), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be an array of real numbers, not {type(w).__name__}"
+        ) from None
     if host.shape != (n_frames, mo.n_params):
-        raise ValueError(f"w must have shape ({n_frames}, {mo.n_params}), got {host.shape}")
+        raise ValueError(f"{name} must have shape ({n_frames}, {mo.n_params}), got {host.shape}")
     if not np.all(np.isfinite(host)):
-        raise ValueError("w contains NaN or Inf")
-    return bk.asarray(host, dtype=dtype, device=device)
+        raise ValueError(f"{name} contains NaN or Inf")
+    return host
 
 
 # ------------------------------------------------------------------------------- results
@@ -1444,13 +1501,24 @@ def solve(
     separable._check_tolerances(tol_j, max_iter, "tol_j", "max_iter")
     for name, value in (("tol_y", tol_y), ("tol_g", tol_g)):
         _checks.positive(name, value, allow_zero=True)
-    if isinstance(unrolled_iterations, bool) or not isinstance(unrolled_iterations, int):
-        raise ValueError(f"unrolled_iterations must be an integer, got {unrolled_iterations!r}")
+    if (
+        isinstance(unrolled_iterations, bool)
+        or not isinstance(unrolled_iterations, (int, np.integer))
+        or unrolled_iterations < 0
+    ):
+        raise ValueError(
+            f"unrolled_iterations must be an integer >= 0, got {unrolled_iterations!r}"
+        )
+    if not isinstance(verbose, bool):
+        raise TypeError(f"verbose must be True or False, not {verbose!r}")
+    if isinstance(w0, str):
+        _checks.choice("w0", w0, ("identity",))
+    # everything else, the model's needs included, before the pre-registration's 30-40 s
+    _checked(inp, spec, motion, w0, p, beta, theta, inner_rtol, inner_max_iter)
     started = time.perf_counter()
     timings = {}
     n_frames = inp.frames.shape[0]
     if isinstance(w0, str):
-        _checks.choice("w0", w0, ("identity",))
         w0 = None
     elif w0 is None and motion != "nonparametric":
         pre = frame_by_frame(

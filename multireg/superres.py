@@ -321,13 +321,14 @@ def build(
     _checks.choice("dtype", dtype, ("float64", "float32"))
     alpha = _checks.positive("alpha", alpha, allow_zero=True)
     m_fine = _pair("m_fine", m_fine)
+    frames, shape = _check_frames(frames)
     bk = resolve_backend(backend, frames)
     if not bk.differentiable:
         raise TypeError(f"backend must differentiate (torch or jax), not {bk.name!r}")
+    coarse = Domain(omega, shape[1:])
+    if any(f < c for f, c in zip(m_fine, coarse.m, strict=True)):
+        raise ValueError(f"m_fine must be at least the frames' size {coarse.m}, got {m_fine}")
     frames = bk.asarray(frames, dtype=getattr(bk.xp, dtype))
-    if frames.ndim != 3:
-        raise ValueError(f"frames must have shape (N, m1, m2), got {tuple(frames.shape)}")
-    coarse = Domain(omega, tuple(frames.shape[1:]))
     fine = coarse.with_m(m_fine)
     model = _model(fine, coarse, motion, downsample, regularizer, float(alpha))
     return separable.SeparableProblem(
@@ -340,6 +341,44 @@ def build(
         data=_model_data(model, bk, frames),
         fixed=(0,),
     )
+
+
+def _finite(name: str, value: Any) -> tuple[int, ...]:
+    """The shape of an array argument that must be real and finite."""
+    try:
+        host = np.asarray(_checks.to_host(value))
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of real numbers") from None
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, not {host.dtype}")
+    if not np.all(np.isfinite(host)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return tuple(int(v) for v in host.shape)
+
+
+def _check_frames(frames: Any) -> tuple[Any, tuple[int, ...]]:
+    """The frames (a list becomes a NumPy array) and their shape, checked: (N, m1, m2) with
+    N >= 2 (frame 0 is the gauge), real and finite."""
+    if isinstance(frames, (list, tuple)):
+        try:
+            frames = np.asarray(frames, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError("frames must be an array of real numbers") from None
+    if getattr(frames, "shape", None) is None:
+        raise TypeError(f"frames must be an array, not {type(frames).__name__}")
+    host = _checks.to_host(frames)
+    shape = tuple(int(v) for v in host.shape)
+    if len(shape) != 3:
+        raise ValueError(f"frames must have shape (N, m1, m2), got {shape}")
+    if shape[0] < 2:
+        raise ValueError(
+            f"frames must hold at least 2 frames (frame 0 is the gauge), got {shape[0]}"
+        )
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"frames must hold real numbers, not {host.dtype}")
+    if not np.all(np.isfinite(host)):
+        raise ValueError("frames contains NaN or Inf")
+    return frames, shape
 
 
 def pre_register(
@@ -448,6 +487,13 @@ def solve(
     if inner_rtol is None:
         inner_rtol = 1e-3 if method in ("lap", "full") else 1e-8
     separable._check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
+    # the outer options too, before the pre-registration (seconds to minutes)
+    for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g)):
+        separable._check_tolerances(value, max_iter, name, "max_iter")
+    separable._check_tolerances(jacobian_rtol, unrolled_iterations, "jacobian_rtol",
+                                "unrolled_iterations")  # fmt: skip
+    if not isinstance(verbose, bool):
+        raise TypeError(f"verbose must be True or False, not {verbose!r}")
     problem = build(
         frames,
         omega,
@@ -462,8 +508,17 @@ def solve(
     bk, xp = problem.bk, problem.bk.xp
     data = problem.data[0]
     if w0 is not None:
+        shape = _finite("w0", w0)
+        if shape != (problem.n_frames, problem.n_params):
+            raise ValueError(
+                f"w0 must have shape ({problem.n_frames}, {problem.n_params}) (frames, "
+                f"{motion} parameters), got {shape}"
+            )
         w0 = problem.check_w(bk.asarray(w0, dtype=data.dtype))
     if f0 is not None:
+        shape = _finite("f0", f0)
+        if shape not in (tuple(m_fine), (problem.n_f,)):
+            raise ValueError(f"f0 must have shape m_fine = {tuple(m_fine)}, got {shape}")
         f0 = problem.check_f(xp.reshape(bk.asarray(f0, dtype=data.dtype), (-1,)), data)
     t = time.perf_counter()
     if w0 is None:

@@ -325,12 +325,70 @@ def test_bad_input(ad_bk, phantom):
     bad[2, 3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         dynamics.solve(bad, ph.times, ph.omega, **kw)
-    with pytest.raises(ValueError, match="w must have shape"):
+    with pytest.raises(ValueError, match="w0 must have shape"):
         dynamics.solve(*args, masks=ph.weights, backend=ad_bk, w0=np.zeros((5, 3)))
     with pytest.raises(TypeError):
         dynamics.solve(*args, masks=ph.weights, backend=ad_bk, w0="identity", bogus=1)
     with pytest.raises(ValueError, match="n_frames"):
         dynamics.kidney_phantom(n_frames=1)
+
+
+def _bad_dynamics_cases():
+    ph = dynamics.kidney_phantom(m=(16, 16), n_frames=4, seed=0)
+    nan = ph.frames.copy()
+    nan[1, 2, 3] = np.inf
+    N = len(ph.times)
+    return ph, [
+        ("regions without masks", dict(masks=None), ValueError, "needs masks"),
+        ("times too short", dict(times=ph.times[:-1]), ValueError, "times"),
+        ("times not numbers", dict(times=["a"] * N), TypeError, "times"),
+        ("frames 2-D", dict(frames=ph.frames[0]), ValueError, "frames must have shape"),
+        ("frames Inf", dict(frames=nan), ValueError, "frames contains NaN or Inf"),
+        ("frames complex", dict(frames=ph.frames.astype(complex)), TypeError, "frames"),
+        ("masks shape", dict(masks=np.ones((2, 15, 16))), ValueError, "masks"),
+        ("masks not weights", dict(masks={"a": np.full((16, 16), 2.0)}), ValueError, "masks"),
+        ("masks dtype", dict(masks={"a": np.full((16, 16), "x")}), TypeError, "masks"),
+        ("w0 shape", dict(w0=np.zeros((N, 3))), ValueError, "w0 must have shape"),
+        ("w0 NaN", dict(w0=np.full((N, 6), np.nan)), ValueError, "w0 contains NaN"),
+        ("w0 name", dict(w0="zero"), ValueError, "w0"),
+        ("alpha", dict(alpha=-1.0), ValueError, "alpha"),
+        ("basis n_basis", dict(model="basis", masks=None, n_basis=0), ValueError, "n_basis"),
+        ("basis shape", dict(model="basis", basis=np.ones((N - 1, 2))), ValueError, "basis"),
+        ("basis rank", dict(model="basis", basis=np.ones((N, 2))), ValueError, "independent"),
+        ("p", dict(motion="nonparametric", p=(0, 3)), ValueError, "p must"),
+        ("beta", dict(beta=-1.0), ValueError, "beta"),
+        ("theta", dict(theta=-1.0), ValueError, "theta"),
+        ("inner_rtol", dict(inner_rtol=-1.0), ValueError, "inner_rtol"),
+        ("max_iter", dict(max_iter=-1), ValueError, "max_iter"),
+        ("tol_g", dict(tol_g="small"), TypeError, "tol_g"),
+        ("unrolled", dict(unrolled_iterations=-3), ValueError, "unrolled_iterations"),
+        ("verbose", dict(verbose="yes"), TypeError, "verbose"),
+        ("unknown option", dict(bogus=1), TypeError, "bogus"),
+    ]
+
+
+_BAD_PHANTOM, BAD_DYNAMICS = _bad_dynamics_cases()
+
+
+@pytest.mark.parametrize(
+    "changes, error, match", [c[1:] for c in BAD_DYNAMICS], ids=[c[0] for c in BAD_DYNAMICS]
+)
+def test_every_argument_is_checked_before_any_work(ad_bk, monkeypatch, changes, error, match):
+    """Issue 12.11: solve(model="regions") without masks failed only after the default
+    pre-registration (30-40 s); every argument is now checked first, and the message names
+    it. The pre-registration and the problem's build must not run."""
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(dynamics, "frame_by_frame", work)
+    monkeypatch.setattr(dynamics, "_padded_coefficients", work)
+    ph = _BAD_PHANTOM
+    kw = dict(frames=ph.frames, times=ph.times, masks=ph.weights, backend=ad_bk)
+    kw.update(changes)
+    frames, times = kw.pop("frames"), kw.pop("times")
+    with pytest.raises(error, match=match):
+        dynamics.solve(frames, times, ph.omega, **kw)
 
 
 def test_lap_needs_the_engine(ad_bk, phantom, monkeypatch):

@@ -219,7 +219,7 @@ def test_bad_arguments(ad_bk):
         superres.solve(p.frames, p.omega, p.m_fine, jacobian="exact", backend=ad_bk)
     with pytest.raises(ValueError, match="m_fine"):
         superres.solve(p.frames, p.omega, (16,), backend=ad_bk)
-    with pytest.raises(ValueError, match="w must have shape"):
+    with pytest.raises(ValueError, match="w0 must have shape"):
         superres.solve(p.frames, p.omega, p.m_fine, w0=np.zeros((3, 3)), backend=ad_bk)
     with pytest.raises(ValueError, match="n_frames"):
         superres.make_problem(n_frames=0)
@@ -231,6 +231,57 @@ def test_bad_arguments(ad_bk):
         superres.solve(p.frames, p.omega, p.m_fine, inner_solver="qr", backend=ad_bk)
     with pytest.raises(ValueError, match="inner_rtol"):
         superres.solve(p.frames, p.omega, p.m_fine, method="full", inner_rtol=-1, backend=ad_bk)
+
+
+_SR = superres.make_problem(n_frames=3, **SMALL)
+
+
+def _bad_superres_cases():
+    inf = _SR.frames.copy()
+    inf[1, 2, 3] = np.inf
+    return [
+        ("frames Inf", dict(frames=inf), ValueError, "frames contains NaN or Inf"),
+        ("one frame", dict(frames=_SR.frames[:1]), ValueError, "at least 2 frames"),
+        ("frames 2-D", dict(frames=_SR.frames[0]), ValueError, "frames must have shape"),
+        ("frames complex", dict(frames=_SR.frames.astype(complex)), TypeError, "frames"),
+        ("m_fine below the frames", dict(m_fine=(4, 4)), ValueError, "m_fine"),
+        ("omega", dict(omega=(0.0, 1.0)), ValueError, "omega"),
+        ("tol_g", dict(tol_g=-1.0), ValueError, "tol_g"),
+        ("tol_j", dict(tol_j="small"), ValueError, "tol_j"),
+        ("max_iter", dict(max_iter=-1), ValueError, "max_iter"),
+        ("jacobian_rtol", dict(jacobian_rtol=-1.0), ValueError, "jacobian_rtol"),
+        ("unrolled", dict(unrolled_iterations=-1), ValueError, "unrolled_iterations"),
+        ("verbose", dict(verbose="yes"), TypeError, "verbose"),
+        ("w0 NaN", dict(w0=np.full((3, 3), np.nan)), ValueError, "w0 contains NaN"),
+        ("w0 shape", dict(w0=np.zeros((3, 6))), ValueError, "w0 must have shape"),
+        ("f0 NaN", dict(f0=np.full((16, 16), np.nan)), ValueError, "f0 contains NaN"),
+        ("f0 shape", dict(f0=np.zeros((8, 8))), ValueError, "f0 must have shape"),
+        ("alpha", dict(alpha=-1.0), ValueError, "alpha"),
+        ("unknown option", dict(bogus=1), TypeError, "bogus"),
+    ]
+
+
+BAD_SUPERRES = _bad_superres_cases()
+
+
+@pytest.mark.parametrize(
+    "changes, error, match", [c[1:] for c in BAD_SUPERRES], ids=[c[0] for c in BAD_SUPERRES]
+)
+def test_every_argument_is_checked_before_any_work(ad_bk, monkeypatch, changes, error, match):
+    """Issue 12.11: bad arguments raise, naming the argument, before the pre-registration or
+    any solve runs (NaN in w0 or f0 used to surface as "j_stop must be finite"; the outer
+    tolerances were checked only after the pre-registration; complex frames lost their
+    imaginary part with a warning; one frame gave "fixed holds every frame")."""
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(superres, "pre_register", work)
+    monkeypatch.setattr(separable, "solve_linear", work)
+    kw = dict(frames=_SR.frames, omega=_SR.omega, m_fine=_SR.m_fine, backend=ad_bk)
+    kw.update(changes)
+    with pytest.raises(error, match=match):
+        superres.solve(kw.pop("frames"), kw.pop("omega"), kw.pop("m_fine"), **kw)
 
 
 def test_pre_registration_finds_the_motions(ad_bk):
