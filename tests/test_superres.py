@@ -294,7 +294,7 @@ def test_pre_registration_finds_the_motions(ad_bk):
     assert _rel(w0, p.w_true) < 0.1
 
 
-@pytest.mark.slow  # 13 s on 2 shared cores (pre-registration of 7 frames, then VarPro)
+@pytest.mark.slow  # 7-17 s on 2 shared cores (pre-registration of 7 frames, then VarPro)
 def test_cli_synthetic_converges_and_improves_on_its_start(ad_bk):
     """Issue 12.5: ``multireg superres --synthetic`` exited 3: the command line's --tol-g
     (1e-4) was not the library's (1e-2, see superres.solve), and on this model (linear
@@ -303,8 +303,6 @@ def test_cli_synthetic_converges_and_improves_on_its_start(ad_bk):
     frame's pre-registration is far off): measured before, MAX_ITERATIONS after 20
     iterations; now CONVERGED after 14, image error 0.116 → 0.056 (0.050 at the true
     motions)."""
-    if ad_bk.name == "torch":
-        pytest.skip(TORCH_SLOW)
     import inspect
 
     from multireg import cli
