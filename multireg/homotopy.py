@@ -76,18 +76,24 @@ M = mean_x (∂y/∂w)ᵀ diag(h)⁻² (∂y/∂w), which makes the comparison i
 parametrised; λ_I(θ) is the smallest generalised eigenvalue of (G_I(θ), M), the curvature of J per
 squared grid cell of motion in the least determined direction. θ_max is the largest θ (on a
 half-decade grid from θ_min up to 1e6, interpolated in log θ) with min_I λ_I(θ)/λ_I(θ_min) ≥
-``THETA_INFORMATION`` = 0.01: the smoothing may cost at most two decades of information in the
-weakest direction. The smoothing is FAIR's spline smoothing (Modersitzki, *FAIR*, SIAM 2009,
-§3.6), whose weight FAIR and the study (Watson et al., above) leave to the user; this rule makes it
-a property of the data. Since θ is in index units (a smoothing length ∝ θ^¼ cells), the same image
-on a grid twice as fine gets a θ_max about 2⁴ = 16 times larger (tested). On the hands at m = 32
-it gives θ_max ≈ 100 (affine; the path reaches the global minimiser from any θ_max ≥ 3 there,
-bench/homotopy.py), on four-blob images at m = 32 500–3000. The threshold was set so that the
-hands keep their result; the rotated blobs of issue 14 are not helped by any θ_max from the
-identity (their 150° rotation lies outside the identity's branch at every θ), which is what
-``starts`` is for. Cost: two p×p Hessians per grid value, 2·19 in all. For
-matrix-free transformations (more than ``optimize.DENSE_MAX`` parameters) the rule is not
-evaluated and θ_max = 1e3. ``theta_range`` or ``thetas`` override it.
+``THETA_INFORMATION`` = 1e-3: the smoothing may cost at most three decades of curvature in the
+weakest direction; beyond that the starting problem is conditioned a thousand times worse than
+the sharp one and its minimiser is decided by the rounding and the start rather than the data.
+The smoothing is FAIR's spline smoothing (Modersitzki, *FAIR*, SIAM 2009, §3.6), whose weight
+FAIR and the study (Watson et al., above) leave to the user; this rule makes it a property of the
+data. Since θ is in index units (a smoothing length ∝ θ^¼ cells), the same image on a grid twice
+as fine gets a θ_max about 2⁴ = 16 times larger (tested), where a fixed θ_max would smooth it 2×
+less (for smooth content; an image with detail at the finer scale, such as the hands at 128²
+against their 32² reduction, gets less than the factor 4⁴ = 256, since its fine detail is part
+of what smoothing removes). On the hands at m = 32 the rule gives θ_max ≈ 2100 (affine),
+on the blob, text and natural images of bench/homotopy.py 1000–4000 at m = 32, i.e. about the
+study's 1e3 at the study's size. The threshold was set on the bench's table 4: with 1e-2
+(θ_max ≈ 330) the affine paths from the identity succeeded on 17 of 28 rotated images, with 1e-3
+on 19, with the fixed 1e3 on 20. No θ_max helps the large rotations (90°–170°) from the identity:
+they lie outside the identity's branch at every θ, which is what ``starts`` is for. Cost: two
+p×p Hessians per grid value, 2·19 in all. For matrix-free transformations (more than
+``optimize.DENSE_MAX`` parameters) the rule is not evaluated and θ_max = 1e3. ``theta_range``
+or ``thetas`` override it.
 
 Folds and bifurcations (beyond the published method). At every accepted point the smallest
 generalised eigenvalue λ_min of (∇²_w J, M) is recorded (dense Hessians only). A branch of
@@ -155,7 +161,7 @@ _NO_LIMIT = 1e300
 _CG_RTOL = 1e-8
 # θ_max from the data: the least determined direction may keep no less than this fraction of its
 # information at θ_min (module docstring); grid of half decades from θ_min up to _THETA_CAP.
-THETA_INFORMATION = 0.01
+THETA_INFORMATION = 1e-3
 _THETA_CAP = 1e6
 _THETA_FALLBACK = 1e3
 THETA_MIN = 1e-3
