@@ -119,7 +119,8 @@ def test_help_documents_every_option_and_the_exit_codes(capsys):
     parser = cli.build_parser()
     commands = _subparsers(parser)
     assert set(commands) == {
-        "register", "homotopy", "superres", "dynamics", "demo", "validate", "bench",
+        "register", "homotopy", "superres", "dynamics", "demo", "validate", "bench", "apply",
+        "evaluate",
     }  # fmt: skip
     for name, sub in commands.items():
         for action in sub._actions:
