@@ -546,11 +546,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--theta-range",
         type=_floats,
-        default=(1e3, 1e-3),
+        default=None,
         metavar="HI,LO",
-        help="first and last theta (decreasing, geometric steps)",
+        help="first and last theta (decreasing, geometric steps; default: HI from the data, the "
+        "largest theta at which the smoothed images still determine every parameter, LO 1e-3)",
     )
     g.add_argument("--n-steps", type=_count, default=40, help="number of theta values")
+    g.add_argument(
+        "--starts",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="trace N paths from rotations 360°·k/N about the centre (2D rigid and affine) and "
+        "keep the lowest final J: for rotations beyond the identity's branch",
+    )
     g.add_argument(
         "--thetas",
         type=_floats,
@@ -1405,8 +1414,8 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
 
 
 _HOMOTOPY_SETTINGS = (
-    "transform", "p", "distance", "theta_range", "n_steps", "thetas", "predictor", "hessian",
-    "corrector", "step", "tol", "max_corrector_iter", "spacing", "allow_oblique",
+    "transform", "p", "distance", "theta_range", "n_steps", "starts", "thetas", "predictor",
+    "hessian", "corrector", "step", "tol", "max_corrector_iter", "spacing", "allow_oblique",
 )  # fmt: skip
 
 
@@ -1441,10 +1450,13 @@ def run_homotopy(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         options["thetas"] = list(args.thetas)
         n_thetas = len(args.thetas)
     else:
-        if len(args.theta_range) != 2:
-            raise ValueError(f"--theta-range needs two values HI,LO, got {args.theta_range}")
-        options["theta_range"] = tuple(args.theta_range)
+        if args.theta_range is not None:
+            if len(args.theta_range) != 2:
+                raise ValueError(f"--theta-range needs two values HI,LO, got {args.theta_range}")
+            options["theta_range"] = tuple(args.theta_range)
         options["n_steps"] = args.n_steps
+    if args.starts > 1:
+        options["starts"] = args.starts
         n_thetas = args.n_steps
     progress = _Progress(args.quiet, total=n_thetas if args.step == "fixed" else None, unit="θ")
     if _accepts(multireg.homotopy, "callback"):
@@ -1491,6 +1503,20 @@ def run_homotopy(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         "theta": values["theta"],
         "iterations": values["iterations"],
         "rejected": int(res.rejected),
+        "theta_max": {
+            "how": res.theta_choice.method if res.theta_choice is not None else "given",
+            "value": float(res.thetas[0]),
+        },
+        "folded": bool(res.folded),
+        "events": [
+            {"kind": e.kind, "theta": [e.theta_from, e.theta_to], "eigenvalue": e.eigenvalue}
+            for e in res.events
+        ],
+        "branches": {
+            "count": len(res.branches) if res.branches else 1,
+            "best": int(res.best_branch),
+            "J": [float(b.distance) for b in res.branches] if res.branches else None,
+        },
         "path": {
             "theta": res.thetas,
             "w": res.ws,
