@@ -554,6 +554,20 @@ def test_homotopy_follows_the_path(data, tmp_path, capsys):
     assert np.load(out / "warped.npy").shape == (32, 28)
 
 
+def test_homotopy_defaults_take_theta_max_from_the_data_and_starts(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "homotopy", data["T.npy"], data["R.npy"], "--transform", "rigid", "--n-steps", "6",
+        "--starts", "2", "--backend", FAST, "--out", out, "-q",
+    )  # fmt: skip
+    assert code in (0, 3), err
+    result = _result(out)
+    assert result["theta_max"]["how"] == "data"
+    assert result["theta_max"]["value"] == result["path"]["theta"][0] != 1e3
+    assert result["branches"]["count"] == 2 and len(result["branches"]["J"]) == 2
+    assert result["settings"]["starts"] == 2
+
+
 def test_superres_synthetic(tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = _run(
