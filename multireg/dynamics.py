@@ -46,7 +46,8 @@ its own parameters only.
 Baselines: :func:`frame_by_frame` (each frame registered to the reference by SSD with
 :func:`multireg.register`), :func:`fit` (the linear fit at given motions; no registration at
 the identity) and :func:`preregister_then_fit`. :func:`kidney_phantom` is a procedural synthetic
-kidney DCE series with its truth.
+kidney DCE series with its truth; :func:`large_motion_phantom` the same in issue 14's regime
+(large affine motion, organs near the edge, frames cropped after they moved).
 
 References: G. H. Golub and V. Pereyra, SIAM J. Numer. Anal. 10 (1973) 413–432 and Inverse
 Problems 19 (2003) R1–R26; L. Kaufman, BIT 15 (1975) 49–57; J. Modersitzki, FAIR, SIAM 2009;
@@ -93,6 +94,7 @@ __all__ = [
     "frame_by_frame",
     "kidney_phantom",
     "kinetic_basis",
+    "large_motion_phantom",
     "motion_error",
     "preregister_then_fit",
     "solve",
@@ -1870,6 +1872,9 @@ class Phantom:
     """The tissue's arterial input c_a(t − δ) on a fine time grid (for :func:`kinetic_basis`)."""
     sigma: float
     """The noise's standard deviation (noise × the clean data's maximum)."""
+    in_view: np.ndarray | None = None
+    """(N, m1, m2) bool: whether y(w_k, x) lies inside the frames' field of view ω, i.e. whether
+    frame k observes reference cell x at all (outside it the frame is unknown, not tissue)."""
 
 
 def _ellipse_weight(points, centre, axes, angle, eps):
@@ -1936,6 +1941,8 @@ def kidney_phantom(
     organs: bool = True,
     texture: float = 0.05,
     edge: float = 1.0,
+    window: tuple[float, float, float, float] | None = None,
+    onset: float = 0.0,
 ) -> Phantom:
     """A procedural synthetic kidney DCE-MRI series with its truth (written for multireg).
 
@@ -1955,6 +1962,12 @@ def kidney_phantom(
     mm. The data are d_k = f_k ∘ y_k⁻¹ evaluated exactly (procedurally), so that
     d_k(y(w_k, x)) = f_k(x) (the registration convention); ``noise`` adds Gaussian noise of
     standard deviation ``noise`` × the maximum of the noise-free data.
+
+    ``window`` (ω = (a1, b1, a2, b2) mm, anatomy coordinates; default the full ``fov`` square)
+    is the frames' own field of view: every frame is evaluated on the cells of ω *after* it
+    moved, so a window that cuts through the body crops tissue differently in every frame
+    (:attr:`Phantom.in_view` marks the reference cells a frame still observes). ``onset`` (s)
+    delays the bolus arrival of every curve (more contrast-free early frames).
     """
     m = _pair("m", m)
     if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 2:
@@ -1971,8 +1984,14 @@ def kidney_phantom(
     rng_anatomy, rng_motion, rng_noise = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
+    _checks.positive("onset", onset, allow_zero=True)
     L = float(fov)
-    omega = (-L / 2, L / 2, -L / 2, L / 2)
+    if window is None:
+        omega = (-L / 2, L / 2, -L / 2, L / 2)
+    else:
+        if len(window) != 4 or not (window[0] < window[1] and window[2] < window[3]):
+            raise ValueError(f"window must be (a1, b1, a2, b2) with a_i < b_i, got {window!r}")
+        omega = tuple(float(v) for v in window)
     domain = Domain(omega, m)
     eps = edge * min(domain.h)
 
@@ -1988,12 +2007,12 @@ def kidney_phantom(
 
     times = np.arange(n_frames) * float(dt)
     curves = {
-        "cortex": two_compartment(times, **_kin("cortex")),
-        "medulla": two_compartment(times, **_kin("medulla")),
+        "cortex": two_compartment(times, **_kin("cortex"), delay=4.5 + onset),
+        "medulla": two_compartment(times, **_kin("medulla"), delay=4.5 + onset),
     }
     if organs:
-        curves["liver"] = two_compartment(times, **_kin("liver"))
-        curves["aorta"] = study_aif(times - 4.5)
+        curves["liver"] = two_compartment(times, **_kin("liver"), delay=4.5 + onset)
+        curves["aorta"] = study_aif(times - 4.5 - onset)
     curves = {k: contrast * v for k, v in curves.items()}
 
     import array_api_compat.numpy as xnp
@@ -2004,7 +2023,8 @@ def kidney_phantom(
     weights = {n: np.reshape(regions[n], m) for n in names}
 
     w = np.tile([1.0, 0, 0, 0, 1, 0], (n_frames, 1))
-    clean, moved = [], []
+    clean, moved, in_view = [], [], []
+    lo, hi = np.array(omega[0::2]), np.array(omega[1::2])
     for k in range(n_frames):
         if motion and k > 0:
             phi = np.deg2rad(rng_motion.uniform(-rotation, rotation))
@@ -2016,6 +2036,8 @@ def kidney_phantom(
         b = np.array([w[k, 2], w[k, 5]])
         f = base + sum(curves[n][k] * regions[n] for n in names)
         clean.append(np.reshape(f, m))
+        y = x @ A.T + b
+        in_view.append(np.reshape(np.all((y >= lo) & (y <= hi), axis=1), m))
         # d_k(z) = f_k(y_k⁻¹(z)) at the cell centres z
         pts = np.linalg.solve(A, (x - b).T).T
         base_k, regions_k = _anatomy(pts, L, eps, tex, organs)
@@ -2036,8 +2058,57 @@ def kidney_phantom(
         moved=moved,
         reference=np.reshape(base, m),
         aif_times=aif_times,
-        aif=study_aif(aif_times - 4.5),
+        aif=study_aif(aif_times - 4.5 - onset),
         sigma=sigma,
+        in_view=np.stack(in_view),
+    )
+
+
+LARGE_MOTION_PATTERNS = ("study", "kidneys", "late", "weak")
+
+
+def large_motion_phantom(
+    m: tuple[int, int] = (96, 40),
+    n_frames: int = 25,
+    noise: float = 0.01,
+    seed: int = 0,
+    *,
+    pattern: str = "study",
+    rotation: float = 6.0,
+    scale: tuple[float, float] = (0.9, 1.1),
+    translation: float = 12.0,
+    dt: float = 2.4,
+) -> Phantom:
+    """The kidney phantom in the regime of issue 14 (written for multireg): large random affine
+    motion per frame (rotation ±``rotation``° and scaling ``scale`` about the body's centre,
+    translation ±``translation`` mm), the organs near the edge of a field of view that is
+    *smaller than the body* (ω = [−96, 96] × [−20, 60] mm of the 320 mm anatomy: the kidneys
+    reach within ~3 mm of the upper edge, the body is cut on every side), and every frame
+    cropped to ω *after* it moved, so that each frame misses different tissue
+    (:attr:`Phantom.in_view`). Modelled on the study's own test data (paper-and-code.md §C;
+    issue 14: 25 frames, ±6°, 0.9–1.1, crops after motion).
+
+    ``pattern`` picks the enhancement: ``"study"`` the four regions of :func:`kidney_phantom`;
+    ``"kidneys"`` contrast (and anatomy) only in cortex and medulla, as in the study;
+    ``"late"`` a bolus 3 frames later (five contrast-free early frames); ``"weak"`` half the
+    contrast. ``seed`` fixes anatomy texture, motion and noise."""
+    if pattern not in LARGE_MOTION_PATTERNS:
+        raise ValueError(f"pattern must be one of {LARGE_MOTION_PATTERNS}, got {pattern!r}")
+    _checks.positive("dt", dt)
+    return kidney_phantom(
+        m,
+        n_frames,
+        dt=dt,
+        noise=noise,
+        seed=seed,
+        fov=320.0,
+        rotation=rotation,
+        scale=scale,
+        translation=translation,
+        contrast=0.5 if pattern == "weak" else 1.0,
+        organs=pattern != "kidneys",
+        window=(-96.0, 96.0, -20.0, 60.0),
+        onset=3 * dt if pattern == "late" else 0.0,
     )
 
 

@@ -86,6 +86,52 @@ def test_phantom_noise_and_options():
     assert np.all(still.w == [1, 0, 0, 0, 1, 0]) and np.allclose(still.frames, still.clean)
 
 
+def test_large_motion_phantom_crops_frames_after_motion(ad_bk):
+    """Issue 14's regime: each frame is cropped to ω after it moved, so it misses tissue that
+    the reference sees; at the true motion almost all the misfit comes from those cells."""
+    ph = dynamics.large_motion_phantom(m=(48, 40), n_frames=8, noise=0.0, seed=0)
+    assert ph.frames.shape == ph.clean.shape == ph.in_view.shape == (8, 48, 40)
+    assert ph.omega == (-96.0, 96.0, -20.0, 60.0) and set(ph.masks) == set(ph.curves)
+    assert ph.in_view[0].all() and np.all(ph.w[0] == [1, 0, 0, 0, 1, 0])
+    lost = 1 - ph.in_view.mean(axis=(1, 2))
+    assert lost.max() > 0.1  # measured 0.22 (frame 7)
+    # the crop cuts through tissue: the data's border cells are body (≈ 70), not background
+    assert ph.moved[:, :, -1].mean() > 50 and ph.moved[:, 0, :].mean() > 50
+    assert max(1 - ph.in_view[k][ph.masks["cortex"]].mean() for k in range(8)) > 0.02
+    # known truth where the frame observes the cell (spline error only: measured 1.7 % of the
+    # range at h = (4, 2)); outside its view the frame reads nothing of the tissue (49 %)
+    P = dynamics.build(ph.frames, ph.times, ph.omega, masks=ph.weights, backend=ad_bk)
+    err = (ad_bk.to_numpy(P.warped(ad_bk.asarray(ph.w))) - ph.clean) ** 2
+    scale = ph.clean.max()
+    assert np.sqrt(err[ph.in_view].mean()) < 0.03 * scale
+    assert np.sqrt(err[~ph.in_view].mean()) > 0.3 * scale
+    assert err[~ph.in_view].sum() > 0.9 * err.sum()  # measured 99 % (issue 14: 99.4 %)
+
+
+def test_large_motion_phantom_patterns_and_checks():
+    kw = dict(m=(24, 20), n_frames=8, seed=3)
+    study = dynamics.large_motion_phantom(**kw)
+    assert set(study.masks) == {"cortex", "medulla", "aorta", "liver"}
+    kidneys = dynamics.large_motion_phantom(**kw, pattern="kidneys")
+    assert set(kidneys.masks) == {"cortex", "medulla"}
+    np.testing.assert_allclose(kidneys.w, study.w)  # the seed fixes the motion
+    late = dynamics.large_motion_phantom(**kw, pattern="late")
+    # bolus 3 frames (7.2 s) later: frames 0–4 (t ≤ 9.6 s < 4.5 + 7.2 s) without contrast
+    assert all(np.all(c[:5] == 0) and c[5:].max() > 0 for c in late.curves.values())
+    weak = dynamics.large_motion_phantom(**kw, pattern="weak")
+    for n in study.curves:
+        np.testing.assert_allclose(weak.curves[n], 0.5 * study.curves[n])
+    assert dynamics.large_motion_phantom(**kw, noise=0.0).sigma == 0 < study.sigma
+    with pytest.raises(ValueError, match="pattern"):
+        dynamics.large_motion_phantom(pattern="bogus")
+    with pytest.raises(ValueError, match="window"):
+        dynamics.kidney_phantom(m=(8, 8), n_frames=2, window=(1.0, 0.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="onset"):
+        dynamics.kidney_phantom(m=(8, 8), n_frames=2, onset=-1.0)
+    full = dynamics.kidney_phantom(m=(16, 16), n_frames=3, seed=0)
+    assert full.in_view.shape == (3, 16, 16)
+
+
 def test_bases():
     t = np.arange(7) * 2.0
     B = dynamics.bspline_basis(t, 5)
