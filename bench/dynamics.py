@@ -340,7 +340,8 @@ def large_motion_text(args, backends):
         f"large_motion_phantom {args.lm_size[0]}×{args.lm_size[1]} × {args.lm_frames} frames, "
         "1 % noise: rotation ±6°, scale 0.9–1.1, ±12 mm, field of view [−96, 96]×[−20, 60] mm "
         "cutting the body, kidneys near its edge. Regions model, affine, fov as in "
-        "dynamics.solve's default. Curve errors ‖α̂ − α‖/‖α‖ (blank where the pattern has no such region); "
+        "dynamics.solve's default. Curve errors ‖α̂ − α‖/‖α‖ (blank where the pattern has "
+        "no such region); "
         "J(true)/J: the objective at the true motions over the objective at the returned ones "
         "(> 1: the objective prefers a wrong motion).\n\n" + table(rows, columns) + "\n"
     )
