@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_levels,
         default="auto",
         metavar="auto|K|LO,HI",
-        help="multilevel: 'auto' (up to 3 levels, coarsest at least 8 cells per axis), the K "
+        help="multilevel: 'auto' (every level with at least 8 cells per axis), the K "
         "finest levels, or FAIR's level numbers LO,HI",
     )
     g.add_argument(
@@ -500,7 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="gauss-newton",
         help="optimiser (nonparametric: gauss-newton or lbfgs)",
     )
-    g.add_argument("--max-iter", type=_count, default=10, help="iterations per level")
+    g.add_argument(
+        "--max-iter",
+        type=_count,
+        default=multireg.registration.MAX_ITER,
+        help="iterations per level (register()'s default)",
+    )
     g.add_argument(
         "--tol-j", type=_nonnegative, default=1e-3, help="relative change of J (FAIR's tolJ)"
     )
@@ -1317,7 +1322,8 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
     T, R = _read_pair(args)
     bk = _backend(backend, args)
     device = _device(bk, args.device)
-    levels = _register_levels(args.levels, R.domain)
+    # 'auto' is register()'s own choice (every level with at least 8 cells per axis)
+    levels = "auto" if args.levels == "auto" else _register_levels(args.levels, R.domain)
     options = dict(
         transform=args.transform,
         distance=args.distance,
@@ -1368,6 +1374,7 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         x = R.domain.cell_centers()
         values["displacement"] = (y - x).reshape(*R.m, R.dim)
         values["det_min"] = float(res.det_min)
+        values["folded_cells"] = int(res.folded_cells)
     info = {
         "command": "register",
         "multireg": multireg.__version__,
@@ -1406,6 +1413,9 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         "distance": values["objective"],
         "reduction": values["reduction"],
         "det_min": values.get("det_min"),
+        "folded_cells": values.get("folded_cells"),
+        "warnings": list(res.warnings),
+        "intensity_exponent": res.intensity_exponent,
         "parameters": values.get("parameters"),
         "time": elapsed,
         "timings": dict(res.timings),
@@ -1982,6 +1992,7 @@ def _summary(name: str, result: CommandResult, status: Status, written: dict) ->
         )
         if "det_min" in result:
             lines.append(f"  min det of the Jacobian of y: {result['det_min']:.4g}")
+        lines.extend(f"  warning: {text}" for text in info.get("warnings", ()))
     if "parameters" in result:
         w = (np.round(result["parameters"], 6) + 0.0).tolist()  # no -0.0
         if len(w) <= 12:

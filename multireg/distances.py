@@ -8,7 +8,11 @@
 - ``gn_weight(r, Rc, domain)``: the positive outer Gauss–Newton weight W (0-d here), so that
   ``H_GN = J_rᵀ W J_r``; solvers reach ``J_r v`` and ``J_rᵀ u`` by jvp/vjp of ``residual``;
 - ``distance(Tc, Rc, domain) = outer(residual(Tc, Rc, domain), Rc, domain)``;
-- ``gauss_newton``: False for MI, which has no Gauss–Newton form (use L-BFGS or Newton–CG).
+- ``gauss_newton``: False for MI, which has no Gauss–Newton form (use L-BFGS or Newton–CG);
+- ``residual_radius``: r_i depends on T in the cells at most this many cells from i along each
+  axis (0: pointwise, as SSD and NCC; 1: NGF's central differences), from which the
+  registration layer forms the exact diagonal of the Gauss–Newton matrix for preconditioning
+  (optional for other distances; without it only the regulariser's diagonal is used).
 
 Everything is written with array-API operations, so torch and JAX differentiate it exactly (in
 forward and reverse mode, to any order) and the forward kernels run on any standard namespace.
@@ -30,7 +34,7 @@ import array_api_compat
 from multireg._bspline import OFFSETS, weights
 from multireg.grid import Domain
 
-__all__ = ["MI", "NCC", "NGF", "SSD", "Distance", "distance"]
+__all__ = ["MI", "NCC", "NGF", "SSD", "Distance", "distance", "rescaled"]
 
 # NGF with edge=None: ε = _EDGE_FRACTION · max |∇R|. FAIR's examples use edge = 100 on the 0–255
 # hands images, where max |∇R| ≈ 610 (intensity per unit length), i.e. a fraction of about 0.16.
@@ -54,6 +58,7 @@ class Distance(Protocol):
 
 class _Composed:
     gauss_newton: ClassVar[bool] = True
+    residual_radius: ClassVar[int] = 0
 
     def __call__(self, Tc: Any, Rc: Any, domain: Domain) -> Any:
         """``D = outer(residual(Tc, Rc, domain), Rc, domain)``, a 0-d array."""
@@ -134,6 +139,8 @@ class NGF(_Composed):
     weight is ``W = +2 hd`` so that the Gauss–Newton matrix is positive semidefinite.
     Needs at least 2 cells per dimension.
     """
+
+    residual_radius: ClassVar[int] = 1
 
     edge: float | None = None
 
@@ -239,6 +246,30 @@ class MI(_Composed):
 
 
 _DISTANCES = {"ssd": SSD, "ncc": NCC, "ngf": NGF, "mi": MI}
+
+
+def rescaled(dist: Distance, k: int) -> tuple[Distance, int] | None:
+    """The distance ``D_k`` for intensities multiplied by s = 2^k and the power p with
+    ``D_k(sT, sR) = s^p D(T, R)``; None for a distance whose scaling is unknown.
+
+    SSD: p = 2. NCC: p = 0. NGF: p = 0 with the edge ε scaled by s (the default ε is a fraction
+    of max |∇R| and scales by itself). MI: p = 0 with explicit intensity ranges scaled by s.
+    s being a power of two, every floating-point operation of these distances commutes with the
+    scaling, so D_k(sT, sR) / s^p equals D(T, R) bit for bit (barring overflow and underflow).
+    """
+    if type(dist) is SSD:
+        return dist, 2
+    if type(dist) is NCC:
+        return dist, 0
+    if type(dist) is NGF:
+        return (dist if dist.edge is None else NGF(edge=math.ldexp(dist.edge, k))), 0
+    if type(dist) is MI:
+        ranges = {
+            name: (None if v is None else (math.ldexp(v[0], k), math.ldexp(v[1], k)))
+            for name, v in (("range_T", dist.range_T), ("range_R", dist.range_R))
+        }
+        return MI(bins_T=dist.bins_T, bins_R=dist.bins_R, **ranges), 0
+    return None
 
 
 def distance(name: str, **options: Any) -> Distance:

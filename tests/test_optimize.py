@@ -387,6 +387,38 @@ def test_a_badly_scaled_curvature_makes_the_line_search_fail(ad_bk, solver):
     assert_close(ad_bk, result.x, np.array([1.0, 2.0]), atol=0.0)
 
 
+@functools.cache
+def offset_objective(bk, offset):
+    """J = offset + ½‖x‖²: with a large offset, J cannot resolve steps near its minimum."""
+    return general(bk, lambda x: offset + 0.5 * (x @ x))
+
+
+@pytest.mark.parametrize("solver", ["gauss_newton", "newton", "lbfgs"])
+def test_a_minimiser_at_round_off_is_converged_not_a_line_search_failure(ad_bk, solver):
+    """At x0 = 1e-6·(1, 2), J = 1e8 + 2.5e-12 rounds to 1e8 whatever the step: the line search
+    must fail, but the step promised a decrease (≤ 5e-12 for Newton, 2.2e-6 for L-BFGS's unit
+    first step) below J's round-off (1e3·eps·1e8 = 2.2e-5), so x0 is a minimiser to working
+    precision. ‖∇J‖ = 2.2e-6 is above FAIR's STOP4, which therefore does not decide it."""
+    x0 = ad_bk.asarray([1e-6, 2e-6])
+    result = SOLVERS[solver](offset_objective(ad_bk, 1e8), x0)
+    assert result.status is Status.CONVERGED, result.message
+    assert "round-off" in result.message and result.iterations == 0
+    assert_close(ad_bk, result.x, np.array([1e-6, 2e-6]), atol=0.0)
+
+
+def test_j_scale_makes_stop4_relative_to_the_size_of_j(ad_bk):
+    """J = 1e-12·½‖x − 1‖² has ‖∇J(0)‖ = 1.4e-12, below FAIR's absolute STOP4 (2.2e-10): the
+    solver would stop at x0 = 0. Given the scale of J, it stops only at the minimiser."""
+    c = 1e-12
+    objective = general(ad_bk, lambda x: c * 0.5 * ((x - 1.0) @ (x - 1.0)))
+    x0 = ad_bk.asarray([0.0, 0.0])
+    fair = gauss_newton(objective, x0)
+    assert fair.success and fair.iterations == 0  # FAIR's rule, kept without j_scale
+    result = gauss_newton(objective, x0, j_scale=c)
+    assert result.success and result.iterations >= 1, result.message
+    assert_close(ad_bk, result.x, np.array([1.0, 1.0]), rtol=1e-12)
+
+
 def test_trust_region_reports_rejected_steps(ad_bk):
     """A model promising far more decrease than J gives: every radius is rejected."""
     result = trust_region(model_objective(ad_bk, -1e8), ad_bk.asarray([1.0, 2.0]))
@@ -550,6 +582,8 @@ def _untouchable(bk):
         ("newton", {"callback": "print"}, TypeError, "callback"),
         ("newton", {"verbose": 1}, TypeError, "verbose"),
         ("newton", {"x_stop": [0.0, 0.0, 0.0]}, ValueError, "x_stop"),
+        ("gauss_newton", {"j_scale": -1.0}, ValueError, "j_scale"),
+        ("lbfgs", {"j_scale": "big"}, TypeError, "j_scale"),
     ],
 )
 def test_bad_options_raise_before_any_work(bk, solver, options, error, match):

@@ -14,6 +14,8 @@ registrations of one configuration. FAIR's images (``MULTIREG_FAIR_DATA``) are o
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -321,6 +323,14 @@ def test_bad_input_is_refused_naming_the_argument():
         (ValueError, "cannot differentiate", A, {"backend": "numpy"}),
         (ValueError, "unknown backend", A, {"backend": "tensorflow"}),
         (TypeError, "maxiter", A, {"maxiter": 5}),  # misspelt: Python refuses it
+        # too small for registration, or for the requested levels (FAIR level 1 is 2×2 here)
+        (ValueError, r"shape \(3, 3\).*at least 4 cells", (T[:3, :3], R[:3, :3], OMEGA2), {}),
+        (ValueError, "levels must be between 1 and 3", A, {"levels": 4}),
+        (ValueError, r"level 1 with m = \(2, 2\).*4 cells.*level 3", A, {"levels": (1, 5)}),
+        (ValueError, "levels must be None, 'auto'", A, {"levels": "all"}),
+        # no contrast at float64's resolution (not constant: it varies by 2e-16 relative)
+        (ValueError, "T has no contrast", (1 + 1e-15 * T, R, OMEGA2), {}),
+        (ValueError, "R has no contrast", (T, 1e3 + 1e-12 * R, OMEGA2), {}),
     ]
     np_ = {"transform": "nonparametric", "alpha": 1.0}
     bad += [
@@ -341,8 +351,128 @@ def test_bad_input_is_refused_naming_the_argument():
     np.testing.assert_array_equal(R, copies[1])
 
 
+# --------------------------------------------------------------- unusual but valid input
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e-310, 1e300])
+def test_the_units_of_the_intensities_do_not_change_the_registration(ad_bk, factor):
+    """Intensities × 1e-6 used to "converge" at once (FAIR's absolute STOP4: ‖∇J‖ ≤ 2.2e-10),
+    × 1e-310 likewise (and JAX flushed the subnormal data to 0), × 1e300 overflowed J. Now the
+    map is the same as in unit intensities, and distances and images come back in the user's
+    units: f² times the unit distance (below or beyond the float range: 0 or inf)."""
+    trafo, w_true = CASES["affine"]
+    R = _warp(T2, DOMAIN2, trafo, w_true) + NOISE * np.random.default_rng(2).standard_normal(
+        T2.shape
+    )
+    unit = register(T2, R, OMEGA2, backend=ad_bk, **TIGHT)
+    out = register(factor * T2, factor * R, OMEGA2, backend=ad_bk, **TIGHT)
+    assert out.success and out.iterations[0] > 2, out.levels[-1].result.message
+    np.testing.assert_allclose(_host(ad_bk, out.w), _host(ad_bk, unit.w), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(out.reduction, unit.reduction, rtol=1e-9)
+    np.testing.assert_allclose(
+        _host(ad_bk, out.warped), factor * _host(ad_bk, unit.warped), rtol=0, atol=1e-8 * factor
+    )
+    with np.errstate(over="ignore", under="ignore"):
+        expected = np.float64(unit.distance) * factor * factor
+    np.testing.assert_allclose(out.distance, expected, rtol=1e-9)
+    assert out.intensity_exponent == (0 if factor == 1e-6 else -int(np.frexp(factor)[1]))
+
+
+def test_an_image_registered_to_itself_converges_at_once_whatever_its_intensities(ad_bk):
+    """On hands' domain with intensities up to 1000, ‖∇J‖ at the identity is round-off (1e-8),
+    above FAIR's absolute STOP4, and every trial step is round-off too: the line search failed
+    (exit 3 for ``multireg register R.png R.png``). The identity is the minimiser."""
+    T, _ = blobs((32, 24), (0.0, 20.0, 0.0, 25.0))
+    for name in ("affine", "rigid"):
+        out = register(1000 * T, 1000 * T, (0.0, 20.0, 0.0, 25.0), transform=name, backend=ad_bk)
+        assert out.success and out.iterations == (0,), out.levels[-1].result.message
+        np.testing.assert_allclose(
+            _host(ad_bk, out.w), transform(name, dim=2).identity(np), rtol=0, atol=1e-14
+        )
+
+
+def test_bool_images_count_as_0_and_1(ad_bk):
+    trafo, w_true = CASES["translation"]
+    T, R = T2 > 0.4, _warp(T2, DOMAIN2, trafo, w_true) > 0.4
+    masks = register(T, R, OMEGA2, transform="translation", backend=ad_bk)
+    floats = register(
+        T.astype(float), R.astype(float), OMEGA2, transform="translation", backend=ad_bk
+    )
+    np.testing.assert_array_equal(_host(ad_bk, masks.w), _host(ad_bk, floats.w))
+    assert masks.distance == floats.distance
+
+
+def test_a_tensor_that_requires_grad_is_registered_and_not_differentiated_through():
+    """register() is not differentiable in T and R: the outputs used to carry a partial graph
+    (T's, at the final w held fixed), now the inputs are detached and the outputs carry none."""
+    torch = pytest.importorskip("torch")
+    trafo, w_true = CASES["affine"]
+    R = _warp(T2, DOMAIN2, trafo, w_true)
+    T_grad = torch.tensor(T2, requires_grad=True)
+    R_grad = torch.tensor(R, requires_grad=True)
+    out = register(T_grad, R_grad, OMEGA2, **TIGHT)
+    plain = register(torch.tensor(T2), torch.tensor(R), OMEGA2, **TIGHT)
+    assert not any(a.requires_grad for a in (out.w, out.y, out.warped))
+    assert torch.equal(out.w, plain.w) and out.distance == plain.distance
+    assert T_grad.grad is None and torch.equal(T_grad.detach(), torch.tensor(T2))
+
+
+def test_a_folded_map_is_reported(ad_bk):
+    """A weak elastic regulariser (α = 1e-6) on a large deformation folds the map: the result
+    counts the cells with det ∇y ≤ 0 and says so; the stronger α = 1e-4 does not fold."""
+    from multireg import gridops
+
+    deformed = _smoothly_deformed(T2, DOMAIN2, 0.2)
+    weak = register(deformed, T2, OMEGA2, transform="nonparametric", alpha=1e-6, backend=ad_bk)
+    det = _host(ad_bk, gridops.jacobian_determinant(weak.y_grid, DOMAIN2, "staggered"))
+    assert weak.success  # the solver did its job; the model's answer folds
+    assert weak.folded and weak.folded_cells == np.count_nonzero(det <= 0) > 0
+    assert weak.det_min == pytest.approx(det.min()) and weak.det_min < 0
+    assert len(weak.warnings) == 1 and f"in {weak.folded_cells} of" in weak.warnings[0]
+    assert "folds" in weak.warnings[0] and "alpha" in weak.warnings[0]
+    strong = register(deformed, T2, OMEGA2, transform="nonparametric", alpha=1e-4, backend=ad_bk)
+    assert strong.det_min > 0 and strong.folded_cells == 0 and not strong.folded
+    assert strong.warnings == ()
+    affine = register(deformed, T2, OMEGA2, backend=ad_bk)
+    assert affine.folded_cells is None and not affine.folded
+
+
+@pytest.mark.parametrize("regularizer", ["elastic", "curvature"])
+def test_the_preconditioner_is_the_exact_diagonal_of_the_gauss_newton_matrix(
+    ad_bk, regularizer, monkeypatch
+):
+    """Jacobi PCG divides by diag(H_GN). It was computed as if every residual were pointwise
+    (r_i from T_i), which NGF's (central differences of T) is not: off by 180 % on a PET-CT-like
+    problem, which made the preconditioned system 3× worse conditioned than no preconditioning
+    and PCG chaotic enough for torch and JAX to disagree. Checked against the dense matrix."""
+    module = importlib.import_module("multireg.optimize.newton")  # the module, not the function
+    captured = []
+    real_cg = module.cg
+
+    def spy(bk, A, b, **options):
+        captured.append((A, b.shape[0]))
+        return real_cg(bk, A, b, **options)
+
+    monkeypatch.setattr(module, "cg", spy)
+    T, domain = blobs((8, 6), (0.0, 1.0, 0.0, 0.75), n_blobs=3, seed=4)
+    R = np.exp(-2 * _smoothly_deformed(T, domain, 0.05))  # another contrast, as PET vs CT
+    for distance in ("ngf", "ssd", "ncc"):
+        captured.clear()
+        register(
+            T, R, domain.omega, transform="nonparametric", distance=distance,
+            regularizer=regularizer, alpha=1e-2, max_iter=1, pre_registration=None,
+            backend=ad_bk,
+        )  # fmt: skip
+        A, n = captured[0]
+        columns = [_host(ad_bk, A.matvec(ad_bk.asarray(e))) for e in np.eye(n)]
+        exact = np.diag(np.stack(columns, axis=1))
+        np.testing.assert_allclose(_host(ad_bk, A.diagonal), exact, rtol=1e-12, err_msg=distance)
+
+
 # ------------------------------------------------------------------ FAIR's images (optional)
 
+# FAIR's MLPIR settings for hands, its maxIter 10 included (multireg's default is 50)
+FAIR_MLPIR = dict(transform="affine", theta=0.1, levels=(3, 7), max_iter=10)
 HANDS_AFFINE = [0.7174007417, 0.4342900664, -2.733889207, -0.4533988013, 0.9467512514, 5.931765637]
 
 
@@ -362,10 +492,7 @@ def test_fair_hands_affine_mlpir(all_ad):
 
     Measured: max |w − w_FAIR| = 4.8e-10 on torch and JAX (FAIR prints 10 digits)."""
     T, R, domain = _hands()
-    runs = [
-        register(T, R, domain.omega, transform="affine", theta=0.1, levels=(3, 7), backend=bk)
-        for bk in all_ad
-    ]
+    runs = [register(T, R, domain.omega, **FAIR_MLPIR, backend=bk) for bk in all_ad]
     for out, bk in zip(runs, all_ad, strict=True):
         assert np.max(np.abs(_host(bk, out.w) - HANDS_AFFINE)) < 5e-3
     assert [lv.domain.m for lv in runs[0].levels] == [(2**k, 2**k) for k in range(3, 8)]
@@ -385,7 +512,8 @@ def test_fair_hands_nonparametric_mlir(all_ad, regularizer, distance, reduction,
     runs = [
         register(
             T, R, domain.omega, transform="nonparametric", regularizer=regularizer, alpha=1e3,
-            theta=1e-2, levels=(3, 7), mu=1.0, lam=0.0, pre_registration="affine", backend=bk,
+            theta=1e-2, levels=(3, 7), mu=1.0, lam=0.0, pre_registration="affine", max_iter=10,
+            backend=bk,
         )
         for bk in all_ad
     ]  # fmt: skip
@@ -395,3 +523,37 @@ def test_fair_hands_nonparametric_mlir(all_ad, regularizer, distance, reduction,
         np.testing.assert_allclose(out.det_min, det_min, rtol=1e-6)
         assert out.reduction < 0.1 and out.det_min > 0
     _agreement(runs, all_ad)
+
+
+@pytest.mark.fair_data
+@pytest.mark.slow
+def test_fair_hands_readme_commands_succeed_and_a_fold_is_warned(tmp_path, capsys):
+    """The README's commands on FAIR's hands with the command line's defaults. Measured
+    (torch): affine converges (iterations per level 9, 18, 9, 11, 21; it exited 3 with FAIR's
+    10 iterations per level); elastic α = 1e3 folds 2 cells (min det ∇y −0.052; it folded 157
+    with the old defaults) and says so; α = 3e3 does not fold (min det ∇y 0.43)."""
+    import json
+
+    from multireg.cli import main
+
+    pytest.importorskip("torch")
+    _hands()  # skips without the images
+    folder = fair_data_dir()
+    pair = [str(folder / "hands-T.jpg"), str(folder / "hands-R.jpg")]
+
+    def run(name, *options):
+        code = main(
+            ["register", *pair, *options, "--backend", "torch", "--out", str(tmp_path / name)]
+        )
+        out = capsys.readouterr().out
+        return code, out, json.loads((tmp_path / name / "result.json").read_text())
+
+    code, _, info = run("affine", "--transform", "affine")
+    assert code == 0 and info["status"] == "converged", info["levels"]
+    elastic = ("--transform", "nonparametric", "--regularizer", "elastic")
+    code, out, info = run("folds", *elastic, "--alpha", "1e3")
+    assert code == 0 and info["folded_cells"] > 0 and info["det_min"] < 0
+    assert "warning: the map folds" in out and info["warnings"]
+    code, out, info = run("smooth", *elastic, "--alpha", "3e3")
+    assert code == 0 and info["folded_cells"] == 0 and info["det_min"] > 0
+    assert "warning" not in out and info["warnings"] == []

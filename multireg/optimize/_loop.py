@@ -26,6 +26,9 @@ from multireg.optimize._result import Record, Result, Status
 Array = Any
 EPS = float(np.finfo(np.float64).eps)
 """FAIR's eps (MATLAB's double precision), used in STOP4 whatever the working precision."""
+ROUNDOFF = 1e3
+"""A decrease of J below ``ROUNDOFF``·eps·(the scale of J) is round-off: the working precision's
+eps times the magnitude of J's terms, with a margin for the error of the sums behind J."""
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,19 @@ class Settings:
     max_iter: int
     x_stop: Array | None
     j_stop: float | None
+    j_scale: float | None
     callback: Callable[[Record], Any] | None
     verbose: bool
 
 
 @dataclass(frozen=True)
 class Step:
-    """What one iteration of a solver produced: the next iterate, or why there is none."""
+    """What one iteration of a solver produced: the next iterate, or why there is none.
+
+    ``predicted_decrease``: the decrease of J the step's model promised (−∇Jᵀd for a line
+    search, m(0) − m(s) for a trust region); when a step fails and this is at round-off level,
+    x is a minimiser to working precision and the loop reports convergence instead.
+    """
 
     x: Array | None
     step_norm: float = 0.0
@@ -53,6 +62,7 @@ class Step:
     nfev: int = 0
     failure: Status | None = None
     message: str = ""
+    predicted_decrease: float = math.nan
 
 
 def prepare(
@@ -67,6 +77,7 @@ def prepare(
     j_stop: float | None,
     callback: Any,
     verbose: bool,
+    j_scale: float | None = None,
 ) -> tuple[Array, Settings]:
     """Check the arguments every solver takes; return x0 as a backend array and the settings."""
     if not isinstance(objective, Objective):
@@ -81,6 +92,8 @@ def prepare(
             raise ValueError(f"x_stop must have the shape of x0 {x.shape}, got {x_stop.shape}")
     if j_stop is not None:
         j_stop = _options.number("j_stop", j_stop)
+    if j_scale is not None:
+        j_scale = _options.nonnegative("j_scale", j_scale)
     _options.optional_callable("callback", callback)
     if not isinstance(verbose, bool):
         raise TypeError(f"verbose must be True or False, not {verbose!r}")
@@ -91,6 +104,7 @@ def prepare(
         max_iter=_options.count("max_iter", max_iter),
         x_stop=x_stop,
         j_stop=j_stop,
+        j_scale=j_scale,
         callback=callback,
         verbose=verbose,
     )
@@ -113,6 +127,13 @@ def iterate(
     STOP1 |J_old − J| ≤ tol_j (1 + |Jstop|), STOP2 ‖x − x_old‖ ≤ tol_y (1 + ‖x_stop‖) and
     STOP3 ‖∇J‖ ≤ tol_g (1 + |Jstop|) all hold, or STOP4 ‖∇J‖ ≤ ``g_tiny``: converged; or
     STOP5 max_iter iterations are done: not converged (FAIR book §6; GaussNewton.m).
+
+    With ``j_scale`` (the magnitude of J's terms, e.g. the distance of the reference to a zero
+    image) STOP4 is relative: ‖∇J‖ (1 + ‖x_stop‖) ≤ ``g_tiny``·j_scale, i.e. moving x by its own
+    size would change J by less than ``g_tiny`` of its scale; FAIR's absolute threshold made
+    images with small intensities (1e-5) "converge" at x0. A step that fails (line search or
+    trust region) while its model promised a decrease below ``ROUNDOFF``·eps·max(|J|, |Jstop|,
+    j_scale) means that x minimises J to working precision (e.g. T = R): converged.
     """
     bk = objective.bk
     start = time.perf_counter()
@@ -144,6 +165,9 @@ def iterate(
         (j_stop,) = host(bk, objective.value(x_stop))
         nfev += 1
     (y_stop_norm,) = host(bk, compiled(bk, norm)(x_stop))
+    if settings.j_scale is not None:
+        g_tiny = g_tiny * settings.j_scale / (1 + y_stop_norm)
+    eps = float(array_api_compat.array_namespace(x).finfo(x.dtype).eps)
     if settings.verbose:
         print(f"{name}: J(x0) = {fun:.6e}, Jstop = {j_stop:.6e}, ‖x_stop‖ = {y_stop_norm:.6e}")
         print(_HEADER)
@@ -164,7 +188,16 @@ def iterate(
         timings["step"] += time.perf_counter() - t
         nfev += result.nfev
         if result.failure is not None:
-            status, message = result.failure, f"{result.message} at iteration {k + 1}"
+            floor = ROUNDOFF * eps * max(abs(fun), abs(j_stop), settings.j_scale or 0.0)
+            if 0 <= result.predicted_decrease <= floor:  # False for NaN
+                status = Status.CONVERGED
+                message = (
+                    f"converged after {k} iterations (at round-off: the step promised a "
+                    f"decrease of {result.predicted_decrease:.1e} ≤ {floor:.1e}, the round-off "
+                    "level of J; no further decrease is possible)"
+                )
+            else:
+                status, message = result.failure, f"{result.message} at iteration {k + 1}"
             break
         k, x, fun_old, step_norm = k + 1, result.x, fun, result.step_norm
         fun, grad, grad_norm = evaluate(x)

@@ -46,6 +46,7 @@ def lbfgs(
     max_iter: int = 10,
     x_stop: Array | None = None,
     j_stop: float | None = None,
+    j_scale: float | None = None,
     ls_reduction: float = 1e-4,
     ls_max_trials: int = 10,
     callback: Callable[[Record], Any] | None = None,
@@ -62,6 +63,7 @@ def lbfgs(
 
     Stopping rules and the other options are those of :func:`gauss_newton`, except that STOP4 is
     ‖∇J‖ ≤ 1e3·eps (FAIR's value for this solver). Needs only ``objective.value_and_grad``.
+    ``j_scale``: as for :func:`gauss_newton` (relative STOP4, round-off convergence).
     """
     x, settings = _loop.prepare(
         objective,
@@ -72,6 +74,7 @@ def lbfgs(
         max_iter=max_iter,
         x_stop=x_stop,
         j_stop=j_stop,
+        j_scale=j_scale,
         callback=callback,
         verbose=verbose,
     )
@@ -111,6 +114,7 @@ def lbfgs(
                 nfev=ls.trials,
                 failure=Status.LINE_SEARCH_FAILED,
                 message=f"Armijo line search found no decrease in {ls.trials} trials",
+                predicted_decrease=-slope,
             ), mem
         return _loop.Step(x=ls.x, step_norm=ls.t * d_norm, step_length=ls.t, nfev=ls.trials), mem
 

@@ -39,6 +39,7 @@ def gauss_newton(
     max_iter: int = 10,
     x_stop: Array | None = None,
     j_stop: float | None = None,
+    j_scale: float | None = None,
     cg_rtol: float = 0.1,
     cg_max_iter: int = 500,
     ls_reduction: float = 1e-4,
@@ -54,6 +55,9 @@ def gauss_newton(
     ``j_stop`` to give it), converged when STOP1 |J_old − J| ≤ ``tol_j``(1 + |Jstop|),
     STOP2 ‖x − x_old‖ ≤ ``tol_y``(1 + ‖x_stop‖) and STOP3 ‖∇J‖ ≤ ``tol_g``(1 + |Jstop|) all
     hold, or STOP4 ‖∇J‖ ≤ 1e6·eps; status ``MAX_ITERATIONS`` after ``max_iter`` iterations.
+    ``j_scale`` (optional, the magnitude of J's terms) makes STOP4 relative to it, and a line
+    search that fails where the step promised only a round-off decrease of J means x is a
+    minimiser to working precision: converged (see :func:`multireg.optimize._loop.iterate`).
 
     Linear solve: ``xp.linalg.solve`` for a dense curvature, else PCG (Jacobi when the operator
     has a diagonal) to relative residual ``cg_rtol`` within ``cg_max_iter`` iterations (FAIR's
@@ -76,6 +80,7 @@ def gauss_newton(
         max_iter=max_iter,
         x_stop=x_stop,
         j_stop=j_stop,
+        j_scale=j_scale,
         cg_rtol=cg_rtol,
         cg_max_iter=cg_max_iter,
         ls_reduction=ls_reduction,
@@ -95,6 +100,7 @@ def newton(
     max_iter: int = 10,
     x_stop: Array | None = None,
     j_stop: float | None = None,
+    j_scale: float | None = None,
     cg_rtol: float = 0.1,
     cg_max_iter: int = 500,
     ls_reduction: float = 1e-4,
@@ -119,6 +125,7 @@ def newton(
         max_iter=max_iter,
         x_stop=x_stop,
         j_stop=j_stop,
+        j_scale=j_scale,
         cg_rtol=cg_rtol,
         cg_max_iter=cg_max_iter,
         ls_reduction=ls_reduction,
@@ -165,6 +172,7 @@ def _run(
                 cg_iterations=cg_iterations,
                 failure=Status.LINE_SEARCH_FAILED,
                 message=f"Armijo line search found no decrease in {ls.trials} trials",
+                predicted_decrease=-slope,
             ), state
         return _loop.Step(
             x=ls.x,

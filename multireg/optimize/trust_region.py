@@ -32,6 +32,7 @@ def trust_region(
     max_iter: int = 10,
     x_stop: Array | None = None,
     j_stop: float | None = None,
+    j_scale: float | None = None,
     cg_rtol: float = 0.1,
     cg_max_iter: int = 10,
     max_trials: int = 10,
@@ -53,6 +54,7 @@ def trust_region(
     Stopping rules and the other options are those of :func:`gauss_newton`, except that STOP4 is
     ‖∇J‖ ≤ 1e3·eps (FAIR's value for this solver). In the history, ``step_length`` is the radius
     within which the accepted step was computed.
+    ``j_scale``: as for :func:`gauss_newton` (relative STOP4, round-off convergence).
     """
     x, settings = _loop.prepare(
         objective,
@@ -63,6 +65,7 @@ def trust_region(
         max_iter=max_iter,
         x_stop=x_stop,
         j_stop=j_stop,
+        j_scale=j_scale,
         callback=callback,
         verbose=verbose,
     )
@@ -107,6 +110,7 @@ def trust_region(
             nfev=trial,
             failure=Status.STEP_TOO_SMALL,
             message=f"trust region rejected {trial} steps",
+            predicted_decrease=reduction,
         ), radius
 
     return _loop.iterate(
