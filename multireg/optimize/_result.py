@@ -14,7 +14,8 @@ class Status(enum.Enum):
     """Why an optimiser stopped. Only ``CONVERGED`` is a success."""
 
     CONVERGED = "converged"
-    """A stopping rule held: FAIR's (STOP1 ∧ STOP2 ∧ STOP3) or STOP4."""
+    """A stopping rule held: FAIR's (STOP1 ∧ STOP2 ∧ STOP3) or STOP4, or a step failed where its
+    model promised only a round-off decrease of J (x minimises J to working precision)."""
     MAX_ITERATIONS = "max_iterations"
     """``max_iter`` iterations were done without convergence (FAIR's STOP5)."""
     LINE_SEARCH_FAILED = "line_search_failed"
