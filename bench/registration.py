@@ -510,13 +510,16 @@ def main(args):
 
         case1_backends.append(TorchBackend(compile=True))
     multireg_rows(
-        c1, case1_backends, "multireg affine MLPIR", transform="affine", theta=0.1, levels=(3, 7)
-    )
+        c1, case1_backends, "multireg affine MLPIR", transform="affine", theta=0.1, levels=(3, 7),
+        max_iter=10,
+    )  # fmt: skip
     sitk_rows(c1, sitk)
 
     print("case 2: nonparametric MLIR", flush=True)
     c2 = Case(f"2 {tag} NPIR", *pairs["deformable"], repeat)
-    common = dict(transform="nonparametric", theta=1e-2, levels=(3, 7), pre_registration="affine")
+    common = dict(  # FAIR's settings: 10 iterations per level
+        transform="nonparametric", theta=1e-2, levels=(3, 7), pre_registration="affine", max_iter=10
+    )
     multireg_rows(
         c2, backends, "multireg elastic MLIR", regularizer="elastic", alpha=1e3, mu=1.0, lam=0.0,
         **common,

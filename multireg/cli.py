@@ -2019,6 +2019,9 @@ def _compute_and_write(name: str, args) -> int:
     written = _write(name, args, result, plan, outputs)
     if not args.quiet:
         print("\n".join(_summary(name, result, status, written)))
+    else:  # the summary carries the warnings; --quiet must not hide them
+        for warning in result.info.get("warnings") or ():
+            print(f"multireg: warning: {warning}", file=sys.stderr)
     if status is not Status.CONVERGED:
         message = result.info.get("message") or status.value
         print(

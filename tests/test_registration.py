@@ -555,6 +555,9 @@ def test_fair_hands_readme_commands_succeed_and_a_fold_is_warned(tmp_path, capsy
     code, out, info = run("folds", *elastic, "--alpha", "1e3")
     assert code == 0 and info["folded_cells"] > 0 and info["det_min"] < 0
     assert "warning: the map folds" in out and info["warnings"]
+    code = main(["register", *pair, *elastic, "--alpha", "1e3", "--backend", "torch", "-q",
+                 "--out", str(tmp_path / "quiet")])  # fmt: skip
+    assert code == 0 and "multireg: warning: the map folds" in capsys.readouterr().err
     code, out, info = run("smooth", *elastic, "--alpha", "3e3")
     assert code == 0 and info["folded_cells"] == 0 and info["det_min"] > 0
     assert "warning" not in out and info["warnings"] == []
