@@ -12,9 +12,13 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``multireg`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    from multireg.cli import main as cli_main
+    try:
+        from multireg.cli import main as cli_main  # imports the frameworks' glue: seconds
 
-    return cli_main(argv)
+        return cli_main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command line's own handler is in place
+        print("multireg: interrupted before any output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

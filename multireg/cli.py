@@ -1465,9 +1465,9 @@ def run_homotopy(args: argparse.Namespace, backend: Any = None) -> tuple[Command
                 raise ValueError(f"--theta-range needs two values HI,LO, got {args.theta_range}")
             options["theta_range"] = tuple(args.theta_range)
         options["n_steps"] = args.n_steps
+        n_thetas = args.n_steps
     if args.starts > 1:
         options["starts"] = args.starts
-        n_thetas = args.n_steps
     progress = _Progress(args.quiet, total=n_thetas if args.step == "fixed" else None, unit="θ")
     if _accepts(multireg.homotopy, "callback"):
         # callback(theta, J, iterations) or callback(point): one step of the bar per θ

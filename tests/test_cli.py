@@ -693,3 +693,25 @@ def test_console_script_end_to_end(data, tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert bad.stderr.startswith("multireg: error: ") and "nope.npy" in bad.stderr
+
+
+def test_an_interrupt_before_the_command_line_handler_exits_130(monkeypatch, capsys):
+    import multireg.__main__ as entry
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    assert entry.main(["register", "a.npy", "b.npy"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_homotopy_with_a_theta_range_and_one_start(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        capsys, "homotopy", data["T.npy"], data["R.npy"], "--transform", "affine",
+        "--theta-range", "10,0.01", "--n-steps", "4", "--backend", FAST, "--out", out, "-q",
+    )  # fmt: skip
+    assert code in (0, 3), err
+    result = _result(out)
+    assert np.allclose(result["path"]["theta"][0], 10) and result["theta_max"]["how"] == "given"
