@@ -588,15 +588,16 @@ def _existing_ancestor(folder: Path) -> tuple[Path, Path | None]:
 def _probe(folder: Path, shown: Path) -> None:
     """Create and remove a file in ``folder``: the only sure test that one can write there
     (permission bits say nothing for root, read-only mounts, ACLs, full quotas)."""
-    try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix="-probe")
-    except OSError as err:
-        where = "" if Path(os.path.abspath(shown)) == folder else f" (in {folder})"
-        raise PermissionError(
-            f"{shown}: cannot write there{where}: {err.strerror or err}"
-        ) from None
-    os.close(fd)
-    os.unlink(name)
+    with _sigint_deferred():  # a Ctrl-C between creating and removing it would leave it
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(), suffix="-probe")
+        except OSError as err:
+            where = "" if Path(os.path.abspath(shown)) == folder else f" (in {folder})"
+            raise PermissionError(
+                f"{shown}: cannot write there{where}: {err.strerror or err}"
+            ) from None
+        os.close(fd)
+        os.unlink(name)
 
 
 @contextlib.contextmanager

@@ -526,3 +526,22 @@ def test_write_json_converts_numpy_and_non_finite(tmp_path):
     io.write_npz(tmp_path / "d.npz", u=np.ones((2, 2)))
     with np.load(tmp_path / "d.npz") as z:
         assert z["u"].shape == (2, 2)
+
+
+def test_the_writability_probe_leaves_nothing_when_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C between creating and removing the probe file is held back until it is gone."""
+    import os
+    import signal
+
+    from multireg import io as mio
+
+    real_close = os.close
+
+    def close_then_interrupt(fd):
+        real_close(fd)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(mio.os, "close", close_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        mio._probe(tmp_path, tmp_path)
+    assert list(tmp_path.iterdir()) == []
