@@ -52,8 +52,14 @@ import numpy as np
 __all__ = ["Leaf", "ValidationReport", "run_command", "validate"]
 
 TINY = 1e-300
-INFORMATIONAL = ("grad_norm", "grad_norms", "step_norm", "step_length", "predictor_error")
-"""Leaf names (the last component) shown but not judged by default."""
+INFORMATIONAL = (
+    "grad_norm", "grad_norms", "step_norm", "step_length", "predictor_error", "nfev",
+)  # fmt: skip
+"""Leaf names (the last component) shown but not judged by default: quantities at round-off
+level (a gradient norm at the optimum), and ``nfev``, which counts line-search trials whose
+acceptance near the optimum is decided by rounding noise (the demo's affine run: the same
+iterates to 7e-17 with 18 and 11 evaluations). Iteration counts, statuses and values stay
+judged."""
 _SKIP_NAMES = frozenset({"timings", "time", "message", "backend", "history"})
 _MAX_DEPTH = 12
 
