@@ -40,3 +40,20 @@ def test_public_entry_points_are_where_the_issues_put_them():
 
     assert callable(run_command)
     assert set(multireg.__all__) <= set(dir(multireg))
+
+
+def test_the_core_never_imports_a_framework():
+    """torch and JAX are reached through the adapters in backends/, never imported by the core."""
+    import re
+    from pathlib import Path
+
+    import multireg
+
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|jax|jaxlib)\b", re.MULTILINE)
+    found = [
+        f"{path.name}:{text[: m.start()].count(chr(10)) + 1}"
+        for path in Path(multireg.__file__).parent.rglob("*.py")
+        for text in [path.read_text(encoding="utf-8")]
+        for m in pattern.finditer(text)
+    ]
+    assert found == []

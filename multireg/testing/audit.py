@@ -789,10 +789,11 @@ def _levels_ran(ctx: Context, folder: Path, res: Any) -> str | None:
 
 
 def _torch_grad(ctx: Context, folder: Path) -> Any:
-    import torch
+    from multireg import get_backend
 
-    T = torch.tensor(ctx.array("T.npy"), requires_grad=True)
-    return _register(ctx, T, torch.tensor(ctx.array("R.npy")))
+    bk = get_backend("torch")  # the core never imports a framework: its adapter makes tensors
+    T = bk.asarray(ctx.array("T.npy")).requires_grad_()
+    return _register(ctx, T, bk.asarray(ctx.array("R.npy")))
 
 
 def _negative_strides(ctx: Context, folder: Path) -> Any:
