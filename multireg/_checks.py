@@ -108,6 +108,19 @@ def times_power_of_two(x: Any, k: int) -> Any:
     return (x * 2.0**half) * 2.0 ** (k - half)
 
 
+def host_image(name: str, x: Any) -> np.ndarray:
+    """A 2D or 3D array of real numbers (bool, integer or float) as NumPy, values unchecked: for
+    label maps and images to show, which may be constant or hold any values."""
+    if getattr(x, "shape", None) is None:
+        raise TypeError(f"{name} must be an array, not {type(x).__name__}")
+    a = np.asarray(to_host(x))
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D or 3D image, got shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, not {a.dtype}")
+    return a
+
+
 def same_shape(names: tuple[str, str], a: tuple[int, ...], b: tuple[int, ...]) -> None:
     if a != b:
         raise ValueError(f"{names[0]} has shape {a} but {names[1]} has shape {b}; they must match")

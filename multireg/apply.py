@@ -476,14 +476,9 @@ def _image_of(image: Any, omega: Any, fallback: Domain | None) -> tuple[np.ndarr
         if omega is not None:
             raise ValueError("omega comes from the Image; do not pass both")
         return np.asarray(image.data), image.domain
-    shape = getattr(image, "shape", None)
-    if shape is None:
+    if getattr(image, "shape", None) is None:
         raise TypeError(f"image must be an array or an io.Image, not {type(image).__name__}")
-    data = np.asarray(_checks.to_host(image))
-    if data.ndim not in (2, 3):
-        raise ValueError(f"image must have 2 or 3 dimensions, got shape {data.shape}")
-    if data.dtype.kind not in "biuf":
-        raise TypeError(f"image must hold real numbers, not {data.dtype}")
+    data = _checks.host_image("image", image)
     if omega is None:
         if fallback is None:
             raise ValueError("omega is needed: the map has no domain to take the image's from")

@@ -138,15 +138,7 @@ def _save(fig: Any, path: Path, dpi: float) -> Path:
 
 def _image(name: str, x: Any) -> np.ndarray:
     """A 2D or 3D real image as float64 NumPy (3D: the middle slice across x3)."""
-    shape = getattr(x, "shape", None)
-    if shape is None:
-        raise TypeError(f"{name} must be an array, not {type(x).__name__}")
-    a = np.asarray(_checks.to_host(x))
-    if a.ndim not in (2, 3):
-        raise ValueError(f"{name} must be a 2D or 3D image, got shape {a.shape}")
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, not {a.dtype}")
-    a = a.astype(np.float64)
+    a = _checks.host_image(name, x).astype(np.float64)
     return a[:, :, a.shape[2] // 2] if a.ndim == 3 else a
 
 
