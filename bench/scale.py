@@ -105,13 +105,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    # one thread everywhere, set before JAX starts, here as in the workers (register_many sets
-    # the same in them): the compiled programs' cache keys then match, and the workers load what
-    # this process compiled
+    # one thread everywhere, here as in the workers (register_many sends the same): the JAX
+    # adapter then turns off XLA's multithreading in both, the compiled programs' cache keys
+    # match, and the workers load what this process compiled
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["MULTIREG_THREADS"] = "1"
-    flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
     sys.path.insert(0, str(HERE))
     from _harness import table, write_report

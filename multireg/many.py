@@ -121,17 +121,12 @@ def _jobs(jobs: Iterable[Any], omega: Any) -> list[Job]:
 
 
 def _limit_threads(threads: int) -> None:
-    """Set a worker process's thread counts before its framework starts its pools (the adapters
-    read ``MULTIREG_THREADS`` when they are created; XLA reads ``XLA_FLAGS`` at import)."""
-    import sys
-
+    """Set a worker process's thread counts before its framework starts its pools: the adapters
+    read ``MULTIREG_THREADS`` when they are created (torch's pool; for one thread, XLA's flag,
+    while XLA has not started), and NumPy's BLAS reads the OpenMP variables."""
     os.environ["MULTIREG_THREADS"] = str(threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
-    if threads == 1 and "jax" not in sys.modules:
-        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        if flags not in os.environ.get("XLA_FLAGS", ""):
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
 def _read(x: Any, omega: Any, spacing: Any):
