@@ -1,5 +1,5 @@
-"""The ``multireg`` command line: register, homotopy, superres, dynamics, demo, validate, bench,
-apply, evaluate.
+"""The ``multireg`` command line: register, register-many, homotopy, superres, dynamics, demo,
+validate, bench, apply, evaluate.
 
 ``multireg <command> --help`` documents every option. Inputs are read by :mod:`multireg.io`
 (NIfTI, PNG/JPEG/TIFF, ``.npy``/``.npz``, with their geometry); outputs go to a folder
@@ -26,6 +26,9 @@ Exit codes
     the solver did not converge (its status is not ``converged``); the outputs are written.
 4
     ``validate``: the backends disagree by more than ``--rtol``.
+5
+    ``register-many``: at least one pair failed (its row in ``summary.csv`` says why); the
+    other pairs' outputs are written. Without failures, a pair that did not converge gives 3.
 130
     interrupted (Ctrl-C); a run's outputs appear all together or not at all, and no temporary
     is left.
@@ -82,6 +85,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_CONVERGED",
     "EXIT_OK",
+    "EXIT_PAIRS_FAILED",
     "EXIT_USAGE",
     "CommandResult",
     "UsageError",
@@ -99,6 +103,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_CONVERGED = 3
 EXIT_DISAGREE = 4
+EXIT_PAIRS_FAILED = 5
 EXIT_INTERRUPTED = 130
 
 EPILOG = """\
@@ -109,6 +114,7 @@ exit codes:
        existing output without --overwrite, output over an input, backend not installed)
   3    the solver did not converge (outputs are still written)
   4    validate: backends disagree by more than --rtol
+  5    register-many: at least one pair failed (its row in DIR/summary.csv says why)
   130  interrupted (a run's outputs appear all together or not at all)
 """
 
@@ -261,6 +267,14 @@ def _levels(text: str) -> str | int | tuple[int, int]:
     )
 
 
+CLI_BACKEND_PREFERENCE = ("torch", "jax")
+"""The command line's default backend when none is chosen (``--backend``, ``MULTIREG_BACKEND``):
+the first installed of these. A command is a one-off process, and there torch answers sooner
+than JAX, which compiles each kernel on its first call (measured, issue 13; see ``--backend``'s
+help). The API's default (:mod:`multireg._backend`) stays JAX first: a long-lived process
+pays JAX's compilation once and then runs faster."""
+
+
 def _backend_names() -> list[str]:
     """The backends a command can compute on: the registered ones that differentiate (every
     command needs derivatives; the NumPy backend is forward-only, so it is not offered). Read
@@ -271,7 +285,9 @@ def _backend_names() -> list[str]:
     return sorted(n for n, c in _backend_classes().items() if getattr(c, "differentiable", True))
 
 
-def _common(*, backend: bool = True) -> argparse.ArgumentParser:
+def _common(
+    *, backend: bool = True, device: bool = True, per_worker: bool = False
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     if backend:
@@ -280,7 +296,12 @@ def _common(*, backend: bool = True) -> argparse.ArgumentParser:
             choices=_backend_names(),
             default=None,
             help="framework that computes and differentiates (default: $MULTIREG_BACKEND, "
-            "else the first installed of jax, torch)",
+            f"else the first installed of {', '.join(CLI_BACKEND_PREFERENCE)}: a command is a "
+            "one-off process, and there torch answers sooner because JAX compiles each kernel "
+            "on its first call; measured in new processes on FAIR's hands: affine 6-11 s torch "
+            "vs 45 s JAX with an empty compilation cache, 11 s vs 11 s with a warm one; elastic "
+            "10 s vs 78 s, and 12 s vs 30 s. The Python API's default stays JAX first: a "
+            "long-lived process compiles once and then runs faster)",
         )
         g.add_argument(
             "--dtype",
@@ -288,6 +309,7 @@ def _common(*, backend: bool = True) -> argparse.ArgumentParser:
             default="float64",
             help="floating-point precision of the computation",
         )
+    if backend and device:
         g.add_argument(
             "--device",
             default="cpu",
@@ -320,8 +342,13 @@ def _common(*, backend: bool = True) -> argparse.ArgumentParser:
         action=Threads,
         default=None,
         metavar="N",
-        help="CPU threads per computation (default: $MULTIREG_THREADS, else half the CPUs, "
-        "at most 4; torch's own default oversubscribes a shared machine)",
+        help=(
+            "CPU threads of each worker (default 1: one pair per CPU uses the CPUs better "
+            "than a few pairs on many)"
+            if per_worker
+            else "CPU threads per computation (default: $MULTIREG_THREADS, else half the "
+            "CPUs, at most 4; torch's own default oversubscribes a shared machine)"
+        ),
     )
     return p
 
@@ -402,43 +429,12 @@ def _add_distance(g) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``multireg`` argument parser (every subcommand and option, with help)."""
+def _add_registration_options(parser) -> None:
+    """The model and solver options of ``multireg register``, shared by ``register-many``
+    (one definition, so that both commands accept and document the same options)."""
     import multireg
 
-    parser = _Parser(
-        prog="multireg",
-        description="Variational image registration and coupled inverse problems, on torch or "
-        "JAX. Run 'multireg <command> --help' for a command's options.",
-        epilog=EPILOG,
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"multireg {multireg.__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    common, outputs = _common(), _outputs()
-
-    def sub(name, help, parents, description):
-        return commands.add_parser(
-            name,
-            help=help,
-            description=_wrap(description),
-            parents=parents,
-            epilog=EPILOG,
-            formatter_class=_Formatter,
-        )
-
-    # ---------------------------------------------------------------------------- register
-    reg = sub(
-        "register",
-        "register a template image to a reference image",
-        [_images(), common, outputs],
-        "Find y so that T(y(x)) matches R(x) (FAIR: parametric PIR, nonparametric NPIR, "
-        "multilevel). Writes DIR/warped.<ext> (T(y) on R's grid, in R's format and geometry), "
-        "DIR/result.json (parameters in FAIR's layout, settings, status, iterations, "
-        "distance, timings), DIR/displacement.npz (nonparametric) and DIR/registration.png "
-        "(--figures).",
-    )
-    g = reg.add_argument_group("model")
+    g = parser.add_argument_group("model")
     g.add_argument(
         "--transform",
         choices=("translation", "rigid", "affine", "bspline", "nonparametric"),
@@ -485,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="affine",
         help="parametric pre-registration of --transform nonparametric on the coarsest level",
     )
-    g = reg.add_argument_group("solver")
+    g = parser.add_argument_group("solver")
     g.add_argument(
         "--levels",
         type=_levels,
@@ -515,11 +511,100 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tol-g", type=_nonnegative, default=1e-2, help="relative gradient norm (FAIR's tolG)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``multireg`` argument parser (every subcommand and option, with help)."""
+    import multireg
+
+    parser = _Parser(
+        prog="multireg",
+        description="Variational image registration and coupled inverse problems, on torch or "
+        "JAX. Run 'multireg <command> --help' for a command's options.",
+        epilog=EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"multireg {multireg.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common, outputs = _common(), _outputs()
+
+    def sub(name, help, parents, description):
+        return commands.add_parser(
+            name,
+            help=help,
+            description=_wrap(description),
+            parents=parents,
+            epilog=EPILOG,
+            formatter_class=_Formatter,
+        )
+
+    # ---------------------------------------------------------------------------- register
+    reg = sub(
+        "register",
+        "register a template image to a reference image",
+        [_images(), common, outputs],
+        "Find y so that T(y(x)) matches R(x) (FAIR: parametric PIR, nonparametric NPIR, "
+        "multilevel). Writes DIR/warped.<ext> (T(y) on R's grid, in R's format and geometry), "
+        "DIR/result.json (parameters in FAIR's layout, settings, status, iterations, "
+        "distance, timings), DIR/displacement.npz (nonparametric) and DIR/registration.png "
+        "(--figures).",
+    )
+    _add_registration_options(reg)
     g = reg.add_argument_group("figures")
     g.add_argument(
         "--figures",
         action="store_true",
         help="also write DIR/registration.png (needs matplotlib: pip install 'multireg[plot]')",
+    )
+
+    # ---------------------------------------------------------------------------- register-many
+    many = sub(
+        "register-many",
+        "register many pairs listed in a CSV manifest, on a process pool or a Dask cluster",
+        [_common(device=False, per_worker=True), outputs],
+        "Register every (template, reference) pair of MANIFEST with the same options as "
+        "'multireg register' (multireg.many.register_many: each pair exactly once, on a pool "
+        "of --workers processes or on the Dask scheduler at --scheduler). MANIFEST is a CSV "
+        "file with the columns template and reference (image paths, relative to the "
+        "manifest's folder) and optionally id (the pair's folder name; default the template's "
+        "file name without extension, or pair-<row> when those repeat) and template_labels, "
+        "reference_labels (label maps on the images' grids: the template's labels are warped "
+        "with the pair's map, nearest neighbour, and scored against the reference's by Dice). "
+        "Each pair's outputs are written by its worker as it completes, all of them or none, "
+        "to DIR/<id>/ (warped.npy: T(y) on R's grid; y_grid.npy for --transform "
+        "nonparametric); DIR/summary.csv has one row per pair (id, status, distance, "
+        "reduction, iterations, time, Dice, error). A pair that fails is a row with its "
+        "error; the others go on. The manifest is checked (columns, files, ids, outputs) "
+        "before any work. Ctrl-C cancels every pair: pairs not finished leave no folder, and "
+        "summary.csv lists them as cancelled (exit 130).",
+    )
+    many.add_argument(
+        "manifest", type=Path, metavar="MANIFEST", help="CSV file listing the pairs (see above)"
+    )
+    g = many.add_argument_group("image input")
+    g.add_argument(
+        "--spacing",
+        type=_floats,
+        default=None,
+        metavar="S1,S2[,S3]",
+        help="pixel size per axis for formats without geometry (default 1: omega in pixels)",
+    )
+    _add_registration_options(many)
+    g = many.add_argument_group("execution")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="local worker processes, one pair each at a time (default: the CPUs, at most 8)",
+    )
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="address of a Dask scheduler (tcp://host:8786) to run the pairs on its workers "
+        "(needs dask.distributed: pip install 'multireg[dask]')",
     )
 
     # ---------------------------------------------------------------------------- homotopy
@@ -1028,8 +1113,8 @@ def _add_geometry(g) -> None:
 
 
 _SUBCOMMANDS = (
-    "register", "homotopy", "superres", "dynamics", "demo", "validate", "bench", "apply",
-    "evaluate",
+    "register", "register-many", "homotopy", "superres", "dynamics", "demo", "validate", "bench",
+    "apply", "evaluate",
 )  # fmt: skip
 _VALIDATE_OPTIONS = ("--rtol", "--backends", "--report")
 _VALIDATE_FLAGS = ("--overwrite",)  # the validated command writes nothing: it is validate's
@@ -1084,11 +1169,29 @@ def parse_command(argv: Sequence[str]) -> tuple[str, argparse.Namespace]:
 # ---------------------------------------------------------------------------------- helpers
 
 
+def _cli_default_backend() -> str:
+    """The backend a command uses when ``--backend`` is not given: ``MULTIREG_BACKEND``, or a
+    backend this process chose (``set_backend``, ``use_backend``), else the first installed of
+    :data:`CLI_BACKEND_PREFERENCE`."""
+    from multireg import _backend as backends
+
+    name = backends._default_from_environment()
+    if name is not None:
+        return name
+    if backends._default is not None or backends._context.get() is not None:
+        return backends.get_backend().name
+    installed = backends.available_backends()
+    return next((n for n in CLI_BACKEND_PREFERENCE if n in installed), installed[0])
+
+
 def _backend(backend: Any, args: argparse.Namespace):
-    """The differentiable backend to compute on (explicit > ``--backend`` > default)."""
+    """The differentiable backend to compute on (explicit > ``--backend`` > the command line's
+    default, :func:`_cli_default_backend`)."""
     import multireg
 
-    bk = multireg.get_backend(backend if backend is not None else args.backend)
+    if backend is None:
+        backend = args.backend if args.backend is not None else _cli_default_backend()
+    bk = multireg.get_backend(backend)
     if not bk.differentiable:
         raise ValueError(
             f"backend {bk.name!r} cannot differentiate; use --backend torch or --backend jax"
@@ -1302,6 +1405,45 @@ _NONPARAMETRIC_ONLY = ("regularizer", "alpha", "mu", "lam", "pre_registration")
 _PARAMETRIC_SETTINGS = tuple(k for k in _REGISTER_SETTINGS if k not in _NONPARAMETRIC_ONLY)
 
 
+def _check_registration_options(args: argparse.Namespace) -> None:
+    """The combinations of the registration options that argparse cannot check alone."""
+    nonparametric = args.transform == "nonparametric"
+    if nonparametric and args.alpha is None:
+        raise ValueError("--transform nonparametric needs --alpha (the regularisation weight)")
+    if not nonparametric and args.alpha is not None:
+        raise ValueError("--alpha applies to --transform nonparametric only")
+    if args.p is not None and args.transform != "bspline":
+        raise ValueError("--p applies to --transform bspline only")
+
+
+def _registration_kwargs(args: argparse.Namespace, levels: Any) -> dict:
+    """:func:`multireg.register`'s keyword arguments from the registration options (without
+    the backend and dtype), for ``register`` and ``register-many`` alike."""
+    options = dict(
+        transform=args.transform,
+        distance=args.distance,
+        image_model=args.image_model,
+        theta=args.theta,
+        levels=levels,
+        method=args.method,
+        max_iter=args.max_iter,
+        tol_j=args.tol_j,
+        tol_y=args.tol_y,
+        tol_g=args.tol_g,
+    )
+    if args.p is not None:
+        options["p"] = tuple(args.p)
+    if args.transform == "nonparametric":
+        options.update(
+            regularizer=args.regularizer,
+            alpha=args.alpha,
+            mu=args.mu,
+            lam=args.lam,
+            pre_registration=None if args.pre_registration == "none" else args.pre_registration,
+        )
+    return options
+
+
 def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[CommandResult, Status]:
     """``multireg register``: read T and R, register, return the numbers (writes nothing).
 
@@ -1313,41 +1455,13 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
     import multireg
 
     nonparametric = args.transform == "nonparametric"
-    if nonparametric and args.alpha is None:
-        raise ValueError("--transform nonparametric needs --alpha (the regularisation weight)")
-    if not nonparametric and args.alpha is not None:
-        raise ValueError("--alpha applies to --transform nonparametric only")
-    if args.p is not None and args.transform != "bspline":
-        raise ValueError("--p applies to --transform bspline only")
+    _check_registration_options(args)
     T, R = _read_pair(args)
     bk = _backend(backend, args)
     device = _device(bk, args.device)
     # 'auto' is register()'s own choice (every level with at least 8 cells per axis)
     levels = "auto" if args.levels == "auto" else _register_levels(args.levels, R.domain)
-    options = dict(
-        transform=args.transform,
-        distance=args.distance,
-        image_model=args.image_model,
-        theta=args.theta,
-        levels=levels,
-        method=args.method,
-        backend=bk,
-        dtype=args.dtype,
-        max_iter=args.max_iter,
-        tol_j=args.tol_j,
-        tol_y=args.tol_y,
-        tol_g=args.tol_g,
-    )
-    if args.p is not None:
-        options["p"] = tuple(args.p)
-    if nonparametric:
-        options.update(
-            regularizer=args.regularizer,
-            alpha=args.alpha,
-            mu=args.mu,
-            lam=args.lam,
-            pre_registration=None if args.pre_registration == "none" else args.pre_registration,
-        )
+    options = dict(_registration_kwargs(args, levels), backend=bk, dtype=args.dtype)
     Tb = _to_backend(bk, T.data, args, device)
     Rb = _to_backend(bk, R.data, args, device)
     progress = _Progress(args.quiet, total=args.max_iter)
@@ -2103,6 +2217,300 @@ def _bench(args) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------ register-many
+
+_MANIFEST_COLUMNS = ("template", "reference", "id", "template_labels", "reference_labels")
+
+
+def _read_manifest(path: Path) -> list[dict]:
+    """The pairs of a register-many manifest, checked before any work: the columns (template,
+    reference; optional id, template_labels, reference_labels; no others), at least one row,
+    every file present (paths relative to the manifest's folder), ids distinct and usable as
+    folder names. Each error names the manifest and the row (its line in the file)."""
+    import csv
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file (the manifest)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"manifest {path}: cannot be read as text ({err})") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [c.strip() for c in reader.fieldnames or ()]
+    if not columns:
+        raise ValueError(f"manifest {path} is empty: it needs a header 'template,reference'")
+    missing = [c for c in ("template", "reference") if c not in columns]
+    if missing:
+        raise ValueError(
+            f"manifest {path}: no column {', '.join(map(repr, missing))} (header: "
+            f"{','.join(columns)})"
+        )
+    unknown = [c for c in columns if c not in _MANIFEST_COLUMNS]
+    if unknown or len(set(columns)) != len(columns):
+        raise ValueError(
+            f"manifest {path}: unknown or repeated column(s) "
+            f"{', '.join(map(repr, unknown or columns))}; the columns are "
+            f"{', '.join(_MANIFEST_COLUMNS)}"
+        )
+    folder = path.parent
+    rows: list[dict] = []
+    for raw in reader:
+        line = reader.line_num
+        if None in raw:
+            raise ValueError(f"manifest {path}, line {line}: more values than columns")
+        cells = {k.strip(): (v or "").strip() for k, v in raw.items()}
+        if not any(cells.values()):
+            continue  # a blank line
+        row: dict = {"line": line}
+        for key in ("template", "reference", "template_labels", "reference_labels"):
+            value = cells.get(key, "")
+            if not value:
+                if key in ("template", "reference"):
+                    raise ValueError(f"manifest {path}, line {line}: no {key}")
+                row[key] = None
+                continue
+            file = folder / value
+            if not file.is_file():
+                raise FileNotFoundError(f"manifest {path}, line {line}: {key} {file}: no such file")
+            row[key] = file
+        if (row["template_labels"] is None) != (row["reference_labels"] is None):
+            raise ValueError(
+                f"manifest {path}, line {line}: give template_labels and reference_labels "
+                "together (Dice compares the warped template labels with the reference's)"
+            )
+        row["id"] = cells.get("id", "")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"manifest {path} is empty: it has a header but no pairs")
+    if not any(r["id"] for r in rows):  # the template's name, unless two templates share it
+        stems = [_stem(r["template"]) for r in rows]
+        unique = len(set(stems)) == len(stems)
+        for i, r in enumerate(rows):
+            r["id"] = stems[i] if unique else f"pair-{i + 1}"
+    for r in rows:
+        name = r["id"]
+        if not name or name in (".", "..") or "/" in name or "\\" in name or name[0] == ".":
+            raise ValueError(
+                f"manifest {path}, line {r['line']}: id {name!r} cannot name a folder (it must "
+                "be non-empty, without / or \\, and not start with '.')"
+            )
+    ids = [r["id"] for r in rows]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(f"manifest {path}: the ids {', '.join(twice)} repeat (one folder each)")
+    return rows
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", *(path.suffixes[-1:] or [""])):
+        if ext and name.lower().endswith(ext.lower()):
+            return name[: -len(ext)]
+    return name
+
+
+def _pair_map(args, result, domain):
+    """The pair's map y(x) on the reference grid, from what the worker returned and wrote."""
+    import multireg
+    from multireg import gridops
+    from multireg.apply import Map
+
+    if args.transform != "nonparametric":
+        options = {"omega": domain.omega, "p": tuple(args.p)} if args.transform == "bspline" else {}
+        trafo = multireg.transform(args.transform, None if options else domain.dim, **options)
+        return Map(domain, trafo, np.asarray(result.w))
+    from multireg.regularizers import regularizer
+
+    kind = regularizer(args.regularizer, alpha=1.0).kind
+    y = gridops.to_cell_centers(np.load(result.outputs["y_grid"]), domain, kind)
+    x = domain.cell_centers()
+    return Map(domain, displacement=(np.asarray(y) - x).reshape(*domain.m, domain.dim))
+
+
+def _pair_dice(args, row: dict, result) -> tuple[float, float]:
+    """Dice (mean over labels) of the template's labels before (identity) and after warping
+    with the pair's map (nearest neighbour), against the reference's labels."""
+    from multireg import metrics
+    from multireg.apply import apply
+
+    fixed = io.read_image(row["reference_labels"], spacing=args.spacing)
+    moving = io.read_image(row["template_labels"], spacing=args.spacing)
+    if fixed.m != moving.m:
+        raise ValueError(f"label maps of shapes {moving.m} and {fixed.m} (they share one grid)")
+    warped = apply(_pair_map(args, result, fixed.domain), moving, order="nearest")
+    return metrics.dice(moving.data, fixed.data).mean, metrics.dice(warped, fixed.data).mean
+
+
+_SUMMARY_COLUMNS = (
+    "id", "status", "distance", "reduction", "iterations", "iterations_per_level", "det_min",
+    "time_s", "dice_before", "dice", "backend", "worker", "template", "reference", "error",
+)  # fmt: skip
+
+
+def _summary_row(row: dict, result, dice: tuple | None, error: str | None) -> dict:
+    def number(v, fmt=".9g"):
+        return "" if v is None or v != v else format(v, fmt)
+
+    out = {"id": row["id"], "template": str(row["template"]), "reference": str(row["reference"])}
+    if result is None:
+        return {**out, "status": "cancelled", "error": error or ""}
+    out.update(
+        status=result.status,
+        distance=number(result.distance),
+        reduction=number(result.reduction),
+        iterations=str(sum(result.iterations)) if result.iterations else "",
+        iterations_per_level="+".join(map(str, result.iterations)),
+        det_min=number(result.det_min),
+        time_s=number(result.seconds, ".3f"),
+        dice_before=number(dice[0], ".6f") if dice else "",
+        dice=number(dice[1], ".6f") if dice else "",
+        backend=result.backend,
+        worker=result.worker,
+        error="; ".join(e for e in (result.error, error) if e),
+    )
+    return out
+
+
+def _write_summary(path: Path, rows: list[dict], overwrite: bool, protect: list) -> None:
+    import csv
+    import io as _io
+
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    outputs = io.OutputSet([path], overwrite=overwrite, protect=protect)
+    with outputs:
+        outputs.stage(path).write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _progress_line(done: int, total: int, summary: dict) -> str:
+    width = len(str(total))
+    head = f"[{done:>{width}}/{total}] {summary['id']}: {summary['status']}"
+    if summary["status"] == "failed":
+        return f"{head}: {summary['error']}"
+    text = (
+        f"{head}, {summary['iterations']} iterations, distance {float(summary['distance']):.6g}"
+        f", {float(summary['time_s']):.2f} s"
+    )
+    if summary["dice"]:
+        text += f", Dice {float(summary['dice_before']):.3f} -> {float(summary['dice']):.3f}"
+    if summary["error"]:
+        text += f" ({summary['error']})"
+    return text
+
+
+def _register_many(args) -> int:
+    """``multireg register-many``: every pair of the manifest through
+    :func:`multireg.many.register_many`; one folder per pair and DIR/summary.csv."""
+    from multireg.many import register_many
+
+    rows = _read_manifest(args.manifest)
+    _check_registration_options(args)
+    if args.workers == 0:
+        raise ValueError("--workers must be at least 1")
+    out = _out_dir(args, "register-many")
+    nonparametric = args.transform == "nonparametric"
+    inputs = [args.manifest] + [r[k] for r in rows for k in _MANIFEST_PATHS if r[k] is not None]
+    planned = [out / "summary.csv"]
+    for r in rows:
+        planned.append(out / r["id"] / "warped.npy")
+        if nonparametric:
+            planned.append(out / r["id"] / "y_grid.npy")
+    io.OutputSet(planned, overwrite=args.overwrite, protect=inputs)  # refused before any work
+    levels = args.levels if args.levels != 1 else None
+    options = _registration_kwargs(args, levels)
+    backend = args.backend or _cli_default_backend()
+    executor = None
+    if args.scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ImportError(
+                "--scheduler needs dask.distributed: pip install 'multireg[dask]'"
+            ) from None
+        try:
+            executor = Client(args.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as err:
+            raise ValueError(f"--scheduler {args.scheduler}: cannot connect ({err})") from None
+    summaries: list[dict | None] = [None] * len(rows)
+    failed_metrics = 0
+
+    def progress(done: int, total: int, result) -> None:
+        nonlocal failed_metrics
+        row = rows[result.index]
+        dice, error = None, None
+        if result.ok and row["template_labels"] is not None:
+            try:
+                dice = _pair_dice(args, row, result)
+            except Exception as err:  # the registration's outputs stand; the row says why
+                error = f"Dice: {type(err).__name__}: {err}".splitlines()[0]
+                failed_metrics += 1
+        summaries[result.index] = _summary_row(row, result, dice, error)
+        if not args.quiet:
+            print(_progress_line(done, total, summaries[result.index]), flush=True)
+
+    jobs = [
+        {"template": str(r["template"]), "reference": str(r["reference"]), "name": r["id"]}
+        for r in rows
+    ]
+    out.mkdir(parents=True, exist_ok=True)  # the pair folders appear in it one by one
+    interrupted = False
+    started = time.perf_counter()
+    try:
+        register_many(
+            jobs, executor=executor, workers=args.workers, backend=backend, dtype=args.dtype,
+            threads=args.threads or 1, spacing=args.spacing, out=out, progress=progress,
+            **options,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if executor is not None:
+            executor.close()
+    table = [
+        s if s is not None else _summary_row(r, None, None, "interrupted before it finished")
+        for r, s in zip(rows, summaries)
+    ]
+    for folder in (out, *(out / r["id"] for r in rows)):  # what killed workers left behind
+        io.remove_stale_temporaries(folder)
+    _write_summary(out / "summary.csv", table, args.overwrite, inputs)
+    statuses = [s["status"] for s in table]
+    failed = statuses.count("failed") + failed_metrics
+    if interrupted:
+        print(
+            f"multireg: interrupted: {len(rows) - statuses.count('cancelled')} of {len(rows)} "
+            f"pairs finished (their folders are complete), the others were cancelled and left "
+            f"nothing; see {out / 'summary.csv'}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+        print(
+            f"register-many: {len(rows)} pairs on {backend} in "
+            f"{time.perf_counter() - started:.1f} s: {counts}; wrote {out / 'summary.csv'}"
+        )
+    if failed:
+        print(
+            f"multireg: error: {failed} of {len(rows)} pairs failed (see the error column of "
+            f"{out / 'summary.csv'}); exit code 5",
+            file=sys.stderr,
+        )
+        return EXIT_PAIRS_FAILED
+    if any(s != Status.CONVERGED.value for s in statuses):
+        print(
+            "multireg: warning: a pair did not converge (see the status column of "
+            f"{out / 'summary.csv'}); outputs written, exit code 3",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_CONVERGED
+    return EXIT_OK
+
+
+_MANIFEST_PATHS = ("template", "reference", "template_labels", "reference_labels")
+
+
 def _protected(args, *names: str) -> list[Path]:
     """The input paths of ``args`` named ``names`` (missing ones reported first)."""
     paths = []
@@ -2283,6 +2691,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "validate": _validate,
     "bench": _bench,
+    "register-many": _register_many,
     "apply": _apply,
     "evaluate": _evaluate,
 }

@@ -20,7 +20,7 @@ What the peers taught (bigstream, multiview-stitcher on Dask; FireANTs for batch
   (``status="failed"``, ``error``), never fatal to the others; a worker process that dies is
   reported the same way;
 * results arrive as pairs complete (``progress``), and an interrupt cancels every pair not yet
-  started.
+  started; on the pool register_many made itself it also ends the running ones.
 
 Memory per worker is one pair per worker thread; the intra-op thread count of torch (and JAX's
 XLA flags in a worker process started for this) is set from ``threads`` in the worker before the
@@ -214,6 +214,18 @@ def _default_executor(workers: int | None) -> cf.Executor:
     return cf.ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"))
 
 
+def _stop(ex: cf.Executor) -> None:
+    """Shut down our own pool now, ending the pairs that are running: cancelling a future does
+    not stop a pair already in a worker, which would go on and write its outputs after the
+    caller was told that everything was cancelled."""
+    processes = list((getattr(ex, "_processes", None) or {}).values())  # gone after shutdown
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join()
+
+
 def register_many(
     jobs: Iterable[Any],
     *,
@@ -241,7 +253,9 @@ def register_many(
     complete. ``options`` go to :func:`multireg.register` unchanged.
 
     Returns the results in the order of ``jobs``. An interrupt (Ctrl-C) cancels the pairs not
-    yet started and is re-raised.
+    yet started and is re-raised; with the default pool, the pairs running are ended too (their
+    workers terminated, their staged outputs removed: no pair folder appears afterwards). On a
+    given executor a pair already running cannot be stopped from here and may still finish.
     """
     from multireg import _backend, _checks
 
@@ -293,8 +307,13 @@ def register_many(
         for fut in futures:
             fut.cancel()
         if own:
-            ex.shutdown(wait=False, cancel_futures=True)
+            _stop(ex)
             own = False
+            if out_s is not None:  # the staged outputs of the pairs that were stopped
+                from multireg import io
+
+                for folder in (Path(out_s), *(Path(out_s) / j.name for j in job_list)):
+                    io.remove_stale_temporaries(folder)
         raise
     finally:
         if own:

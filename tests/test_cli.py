@@ -119,8 +119,8 @@ def test_help_documents_every_option_and_the_exit_codes(capsys):
     parser = cli.build_parser()
     commands = _subparsers(parser)
     assert set(commands) == {
-        "register", "homotopy", "superres", "dynamics", "demo", "validate", "bench", "apply",
-        "evaluate",
+        "register", "register-many", "homotopy", "superres", "dynamics", "demo", "validate",
+        "bench", "apply", "evaluate",
     }  # fmt: skip
     for name, sub in commands.items():
         for action in sub._actions:
@@ -715,3 +715,200 @@ def test_homotopy_with_a_theta_range_and_one_start(data, tmp_path, capsys):
     assert code in (0, 3), err
     result = _result(out)
     assert np.allclose(result["path"]["theta"][0], 10) and result["theta_max"]["how"] == "given"
+
+
+# ---------------------------------------------------------------------------- register-many
+
+
+def _manifest(folder: Path, n: int = 3, *, bad: bool = False, labels: bool = False) -> Path:
+    """n pairs of 24² .npy images (R = T shifted), paths relative to the manifest; with
+    ``bad`` the second reference has a NaN (that pair fails), with ``labels`` label maps
+    (the blobs thresholded) for every pair."""
+    rows = ["template,reference,id" + (",template_labels,reference_labels" if labels else "")]
+    T, dom = blobs((24, 24), (0, 24, 0, 24), seed=5)
+    for i in range(n):
+        R = _warp(T, dom, dom.cell_centers() + np.array([1.0 + 0.3 * i, -0.5]))
+        if bad and i == 1:
+            R[2, 3] = np.nan
+        np.save(folder / f"T{i}.npy", T)
+        np.save(folder / f"R{i}.npy", R)
+        row = f"T{i}.npy,R{i}.npy,s{i}"
+        if labels:
+            np.save(folder / f"LT{i}.npy", (T > 0.4 * T.max()).astype(np.int16))
+            np.save(folder / f"LR{i}.npy", (R > 0.4 * np.nanmax(R)).astype(np.int16))
+            row += f",LT{i}.npy,LR{i}.npy"
+        rows.append(row)
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return folder / "pairs.csv"
+
+
+def _summary_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_register_many_shares_register_s_options_and_documents_exit_5(capsys):
+    commands = _subparsers(cli.build_parser())
+    dests = {
+        name: {a.dest for g in sub._action_groups if g.title in ("model", "solver")
+               for a in g._group_actions}
+        for name, sub in commands.items() if name in ("register", "register-many")
+    }  # fmt: skip
+    assert dests["register"] and dests["register"] == dests["register-many"]
+    with pytest.raises(SystemExit):
+        main(["register-many", "--help"])
+    text = capsys.readouterr().out
+    for word in ("summary.csv", "--scheduler", "--workers", "template_labels", "5 ", "Ctrl-C"):
+        assert word in text, word
+
+
+def test_register_many_writes_each_pair_and_a_summary(tmp_path, capsys, monkeypatch):
+    import concurrent.futures as cf
+
+    import multireg.many
+
+    # threads instead of spawned processes: this test is about the command, not the pool (the
+    # process pool is exercised by the Ctrl-C test below and in test_many.py)
+    monkeypatch.setattr(multireg.many, "_default_executor", lambda n: cf.ThreadPoolExecutor(n))
+    manifest = _manifest(tmp_path, bad=True, labels=True)
+    out = tmp_path / "out"
+    argv = ["register-many", manifest, "--transform", "translation", "--levels", "1",
+            "--backend", FAST, "--workers", "1", "--out", out]  # fmt: skip
+    code, stdout, err = _run(capsys, *argv)
+    assert code == cli.EXIT_PAIRS_FAILED, err  # one pair failed: the others are written
+    rows = {r["id"]: r for r in _summary_csv(out / "summary.csv")}
+    assert sorted(rows) == ["s0", "s1", "s2"]
+    assert rows["s1"]["status"] == "failed" and "NaN" in rows["s1"]["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["s0", "s2", "summary.csv"]
+    assert len([line for line in stdout.splitlines() if line.startswith("[")]) == 3
+    assert "1 of 3 pairs failed" in err
+    for i in (0, 2):  # the same numbers as one `register` call per pair
+        T, R = (np.load(tmp_path / f"{k}{i}.npy") for k in "TR")
+        ref = multireg.register(T, R, (0, 24, 0, 24), transform="translation", levels=None,
+                                backend=FAST)  # fmt: skip
+        row = rows[f"s{i}"]
+        assert row["status"] == ref.status.value and row["backend"] == FAST
+        assert float(row["distance"]) == pytest.approx(ref.distance, rel=1e-8)
+        warped = np.load(out / f"s{i}" / "warped.npy")
+        np.testing.assert_allclose(warped, multireg.get_backend(FAST).to_numpy(ref.warped),
+                                   rtol=0, atol=1e-12)  # fmt: skip
+        assert float(row["dice"]) > float(row["dice_before"])  # the labels moved into place
+    # an existing summary is not replaced without --overwrite, before any work
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and "--overwrite" in _one_line_error(err)
+
+
+def test_register_many_bad_manifest_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import multireg.many
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("register_many was called")
+
+    monkeypatch.setattr(multireg.many, "register_many", no_work)
+    manifest = _manifest(tmp_path, n=2)
+    out = tmp_path / "out"
+
+    def error_of(text: str, *extra) -> str:
+        path = tmp_path / "m.csv"
+        path.write_text(text)
+        code, _, err = _run(capsys, "register-many", path, "--out", out, *extra)
+        assert code == 2 and not out.exists()
+        return _one_line_error(err)
+
+    error = error_of("")
+    assert "m.csv" in error and "empty" in error
+    assert "empty" in error_of("template,reference\n")
+    assert "'reference'" in error_of("template,refrence\nT0.npy,R0.npy\n")
+    assert "'extra'" in error_of("template,reference,extra\nT0.npy,R0.npy,1\n")
+    error = error_of("template,reference\nT0.npy,R0.npy\nT1.npy,nope.npy\n")
+    assert "line 3" in error and "nope.npy" in error
+    assert "repeat" in error_of("template,reference,id\nT0.npy,R0.npy,a\nT1.npy,R1.npy,a\n")
+    assert "folder" in error_of("template,reference,id\nT0.npy,R0.npy,../a\n")
+    assert "together" in error_of("template,reference,template_labels\nT0.npy,R0.npy,T1.npy\n")
+    code, _, err = _run(capsys, "register-many", tmp_path / "missing.csv", "--out", out)
+    assert code == 2 and "missing.csv" in _one_line_error(err)
+    code, _, err = _run(capsys, "register-many", manifest, "--workers", "1", "--scheduler", "x")
+    assert code == 2 and "not allowed with" in _one_line_error(err)
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "summary.csv").write_text("old")
+    code, _, err = _run(capsys, "register-many", manifest, "--out", tmp_path / "o2")
+    assert code == 2 and "--overwrite" in _one_line_error(err)
+    assert (tmp_path / "o2" / "summary.csv").read_text() == "old"
+
+
+def test_register_many_ctrl_c_cancels_and_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
+    import multireg.many
+
+    real = multireg.many.register_many
+
+    def interrupted_after_the_first_pair(jobs, *, progress, **kwargs):
+        def then_interrupt(done, total, result):
+            progress(done, total, result)
+            raise KeyboardInterrupt
+
+        return real(jobs, progress=then_interrupt, **kwargs)
+
+    monkeypatch.setattr(multireg.many, "register_many", interrupted_after_the_first_pair)
+    manifest = _manifest(tmp_path, n=4)
+    out = tmp_path / "out"
+    code, stdout, err = _run(
+        capsys, "register-many", manifest, "--transform", "affine", "--backend", FAST,
+        "--workers", "1", "--out", out, "--quiet",
+    )  # fmt: skip
+    assert code == 130 and "interrupted" in err and stdout == ""
+    rows = _summary_csv(out / "summary.csv")
+    done = [r["id"] for r in rows if r["status"] != "cancelled"]
+    assert len(done) == 1 and [r["status"] for r in rows].count("cancelled") == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted([*done, "summary.csv"])
+    assert [p.name for p in (out / done[0]).iterdir()] == ["warped.npy"]
+
+
+@pytest.mark.slow
+def test_register_many_on_a_dask_scheduler(tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    manifest = _manifest(tmp_path, n=2)
+    out = tmp_path / "out"
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        code, _, err = _run(
+            capsys, "register-many", manifest, "--transform", "translation", "--levels", "1",
+            "--backend", FAST, "--scheduler", cluster.scheduler_address, "--out", out,
+        )  # fmt: skip
+    assert code == 0, err
+    rows = _summary_csv(out / "summary.csv")
+    assert [r["status"] for r in rows] == ["converged", "converged"]
+    assert {r["backend"] for r in rows} == {FAST} and (out / "s1" / "warped.npy").exists()
+
+
+# ---------------------------------------------------------------------------- default backend
+
+
+def test_the_cli_default_backend_is_the_documented_one(data, tmp_path, capsys, monkeypatch):
+    """Without --backend and MULTIREG_BACKEND a command runs on the first installed of
+    CLI_BACKEND_PREFERENCE (torch: faster for a one-off process, issue 13), as --help says;
+    MULTIREG_BACKEND and --backend override it."""
+    monkeypatch.delenv("MULTIREG_BACKEND", raising=False)
+    installed = [n for n in cli.CLI_BACKEND_PREFERENCE if n in AD_BACKENDS]
+    expected = installed[0]
+    with pytest.raises(SystemExit):
+        main(["register", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"else the first installed of {', '.join(cli.CLI_BACKEND_PREFERENCE)}" in text
+    assert cli.CLI_BACKEND_PREFERENCE[0] == "torch" and "API's default stays JAX" in text
+    out = tmp_path / "default"
+    code, _, err = _run(capsys, "register", data["T.npy"], data["R.npy"], "--transform",
+                        "translation", "--out", out, "-q")  # fmt: skip
+    assert code in (0, 3), err
+    assert _result(out)["backend"] == expected
+    if len(installed) < 2:
+        return
+    other = installed[1]
+    _, args = cli.parse_command(["register", "a.npy", "b.npy"])
+    monkeypatch.setenv("MULTIREG_BACKEND", other)
+    assert cli._backend(None, args).name == other
+    monkeypatch.setenv("MULTIREG_BACKEND", expected)
+    _, args = cli.parse_command(["register", "a.npy", "b.npy", "--backend", other])
+    assert cli._backend(None, args).name == other

@@ -130,3 +130,24 @@ def test_on_a_dask_local_cluster_each_pair_runs_once():
     assert all(isinstance(r, PairResult) and r.backend == "torch" for r in results)
     bk = multireg.get_backend("torch")
     _same(results, _loop(jobs, omega, "torch"), bk)
+
+
+def test_an_interrupt_stops_the_workers_and_leaves_no_partial_folder(tmp_path):
+    """Ctrl-C while a pair runs in the default pool: the workers are ended before the
+    interrupt reaches the caller (a running pair must not go on and write its folder after
+    the caller was told that everything was cancelled), and no temporary is left."""
+    T, domain = blobs((48, 48), (0, 1, 0, 1))
+    jobs = [Job(T, np.roll(T, s, axis=0), f"p{s}", domain.omega) for s in range(1, 5)]
+
+    def interrupt(done, total, result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        register_many(
+            jobs, workers=1, backend="torch" if "torch" in multireg.available_backends()
+            else "jax", out=tmp_path, progress=interrupt, transform="affine",
+        )  # fmt: skip
+    assert multiprocessing.active_children() == []  # no worker still computing a pair
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["p1"]  # the pair that completed; nothing hidden, nothing partial
+    assert sorted(p.name for p in (tmp_path / "p1").iterdir()) == ["warped.npy"]
