@@ -1414,6 +1414,8 @@ def _check_registration_options(args: argparse.Namespace) -> None:
         raise ValueError("--alpha applies to --transform nonparametric only")
     if args.p is not None and args.transform != "bspline":
         raise ValueError("--p applies to --transform bspline only")
+    if args.p is None and args.transform == "bspline":
+        raise ValueError("--transform bspline needs --p (the control grid, e.g. --p 8,8)")
 
 
 def _registration_kwargs(args: argparse.Namespace, levels: Any) -> dict:

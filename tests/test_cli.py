@@ -831,6 +831,8 @@ def test_register_many_bad_manifest_fails_before_any_work(tmp_path, capsys, monk
     assert code == 2 and "missing.csv" in _one_line_error(err)
     code, _, err = _run(capsys, "register-many", manifest, "--workers", "1", "--scheduler", "x")
     assert code == 2 and "not allowed with" in _one_line_error(err)
+    code, _, err = _run(capsys, "register-many", manifest, "--transform", "bspline", "--out", out)
+    assert code == 2 and "--p" in _one_line_error(err) and not out.exists()  # not N failed rows
     (tmp_path / "o2").mkdir()
     (tmp_path / "o2" / "summary.csv").write_text("old")
     code, _, err = _run(capsys, "register-many", manifest, "--out", tmp_path / "o2")
