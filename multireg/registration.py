@@ -14,13 +14,17 @@ starts from the previous one (parameters unchanged, grids prolonged). Each level
 are relative to the identity (FAIR's ``yStop``).
 
 Every kernel an optimiser calls is built once per configuration and compiled by the backend (a
-``jax.jit`` cache keyed by everything the kernel depends on: backend, transformation, image model,
-distance, regulariser and domain), with the data passed as arguments; a second registration of
-the same configuration therefore runs warm.
+``jax.jit`` cache keyed by the backend, the domain and the *kinds* of transformation, image
+model, distance and regulariser), with the data passed as arguments. The hyper-parameters (α,
+μ, λ, the image model's θ, NGF's edge, MI's ranges) are data too (issue 13): a second
+registration of the same shapes with other values runs warm, compiling nothing. Per level there
+is one set-up program (the level's data, J at the identity and the distance's scale), the
+optimiser's kernels, and one program for the image pyramid of the whole registration.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import itertools
@@ -36,7 +40,7 @@ from multireg import _checks, gridops, optimize
 from multireg._backend import resolve_backend
 from multireg.distances import Distance, rescaled
 from multireg.distances import distance as make_distance
-from multireg.grid import Domain, multilevel, pyramid_domains
+from multireg.grid import Domain, Level, multilevel, pyramid_domains
 from multireg.interpolation import ImageModel
 from multireg.optimize import LinearOperator, Objective, Record, Result, Status
 from multireg.regularizers import Regularizer
@@ -161,6 +165,10 @@ def register(
     cg_max_iter: int = 500,
     callback: Callable[[str, Domain, Any], Any] | None = None,
     verbose: bool = False,
+    fair_compat: bool = False,
+    linear_solver: str | None = None,
+    prolongation: str | None = None,
+    det_method: str | None = None,
 ) -> RegistrationResult:
     """Register template ``T`` to reference ``R`` on the domain ``omega``.
 
@@ -206,6 +214,32 @@ def register(
         level (an image registered to itself), judged against the size of the distance's terms.
     callback
         ``callback(stage, domain, record)`` after each iteration (for progress displays).
+    fair_compat
+        True: reproduce FAIR's own computations (FAIR.m, Modersitzki 2009) where multireg's
+        defaults differ from them, by switching every option below to its FAIR value unless
+        it is given, and the distance: ``"ngf"`` (or an :class:`~multireg.distances.NGF`)
+        takes FAIR's boundary rows (``NGF(boundary="fair")``; the edge stays the one given),
+        and ``"mi"`` (or an :class:`~multireg.distances.MI`) becomes FAIR's Gauss–Newton form
+        :class:`~multireg.distances.MIGaussNewton` (FAIR's 32 × 30 bins over FAIR's range
+        [0, 256] when both images lie in it, else over R's range; an MI object keeps its
+        ranges and its bins less the 3 guard widths), so ``method="gauss-newton"`` works with
+        MI. Defaults (False) are what serves users best; each option says why.
+    linear_solver
+        ``"pcg"`` (default): the Gauss–Newton system by Jacobi-PCG to ``cg_rtol`` (FAIR's
+        matrix-free solvers' truncated solve: cheaper, same minimiser within the stopping
+        tolerances); ``"direct"`` (fair_compat): solved exactly, as FAIR's backslash (see
+        :func:`multireg.optimize.gauss_newton`). Gauss–Newton and Newton only.
+    prolongation
+        Nonparametric multilevel: how a coarse level's displacement is carried to the outer
+        half cells of the next. ``"linear"`` (default): extrapolated linearly, so an affine
+        pre-registration is carried over exactly; ``"constant"`` (fair_compat): copied, as
+        FAIR's mfPu (:func:`multireg.gridops.prolong`).
+    det_method
+        Nonparametric: the det ∇y behind ``det_min``, ``folded_cells`` and the fold warning.
+        ``"multireg"`` (default): :func:`multireg.gridops.jacobian_determinant`, differences of
+        the unknowns on their own grid; ``"fair"`` (fair_compat): FAIR's geometry 'Jac' after
+        carrying y to the nodes (:func:`multireg.metrics.fair_jacobian_determinant`), whose
+        averaging hides some folds of a staggered map.
     """
     # ------------------------------------------------------------- validate, before any work
     T, R, w0 = _checks.detached(T), _checks.detached(R), _checks.detached(w0)
@@ -218,6 +252,20 @@ def register(
     _checks.choice("method", method, METHODS)
     _checks.choice("image_model", image_model, ("spline", "linear"))
     model = ImageModel(image_model, theta=theta)
+    if not isinstance(fair_compat, (bool, np.bool_)):
+        raise TypeError(f"fair_compat must be True or False, not {type(fair_compat).__name__}")
+    fair_compat = bool(fair_compat)
+    linear_solver, prolongation, det_method = (
+        _checks.choice(name, value, allowed)
+        for name, value, allowed in (
+            ("linear_solver", _fair_default(linear_solver, fair_compat, "pcg", "direct"),
+             ("pcg", "direct")),
+            ("prolongation", _fair_default(prolongation, fair_compat, "linear", "constant"),
+             ("linear", "constant")),
+            ("det_method", _fair_default(det_method, fair_compat, "multireg", "fair"),
+             ("multireg", "fair")),
+        )
+    )  # fmt: skip
     if isinstance(distance, str):
         _checks.choice("distance", distance.lower(), DISTANCES)
         dist = make_distance(distance)
@@ -225,6 +273,8 @@ def register(
         dist = distance
     else:
         raise TypeError(f"distance must be a name or a Distance, not {type(distance).__name__}")
+    if fair_compat:
+        dist = _fair_distance(dist, T, R, given=not isinstance(distance, str))
     if method == "gauss-newton" and not dist.gauss_newton:
         raise ValueError(
             f"distance {type(dist).__name__} has no Gauss–Newton form; "
@@ -298,21 +348,60 @@ def register(
     options = dict(tol_j=tol_j, tol_y=tol_y, tol_g=tol_g, max_iter=max_iter)
     if method in ("gauss-newton", "newton", "trust-region"):
         options.update(cg_rtol=cg_rtol, cg_max_iter=cg_max_iter)
+    if method in ("gauss-newton", "newton"):
+        options.update(linear_solver=linear_solver)
     started = time.perf_counter()
-    pyramid = [lv for lv in multilevel(domain, Tb, Rb, min_size=1) if lv.domain in selected]
+    pyramid = _pyramid(bk, domain, selected, Tb, Rb)
+    # α, μ, λ, θ and the distance's parameters are the kernels' data, not their cache key
+    problem = _Problem.of(bk.xp, model, dist, reg, Tb.dtype, _device(Tb))
 
     units = _Units(exponent, power)
     if nonparametric:
         out = _nonparametric(
-            bk, pyramid, model, dist, reg, pre_registration, method, options, callback, verbose,
-            units,
+            bk, pyramid, problem, pre_registration, method, options, callback, verbose,
+            units, prolongation=prolongation, det_method=det_method,
         )  # fmt: skip
     else:
         out = _parametric(
-            bk, pyramid, trafo, model, dist, method, w0, options, callback, verbose, units
+            bk, pyramid, trafo, problem, method, w0, options, callback, verbose, units
         )
     out.timings["total"] = time.perf_counter() - started
     return out
+
+
+def _fair_default(value, fair_compat, default, fair):
+    """An option's value: the one given, else FAIR's under fair_compat, else multireg's."""
+    if value is not None:
+        return value
+    return fair if fair_compat else default
+
+
+FAIR_MI_RANGE = (0.0, 256.0)
+"""FAIR's MI assumes intensities in [0, 256] (MImex.m's minT, maxT, minR, maxR)."""
+
+
+def _fair_distance(dist, T, R, *, given):
+    """The distance as FAIR computes it (see ``fair_compat`` in :func:`register`)."""
+    from multireg.distances import MI, NGF, MIGaussNewton
+
+    if type(dist) is NGF:
+        return dataclasses.replace(dist, boundary="fair")
+    if type(dist) is not MI:
+        return dist
+    if given:
+        return MIGaussNewton(
+            bins_T=max(1, dist.bins_T - 3),
+            bins_R=max(1, dist.bins_R - 3),
+            range_T=dist.range_T,
+            range_R=dist.range_R,
+        )
+    lo, hi = FAIR_MI_RANGE
+    inside = all(
+        lo <= float(np.min(a)) and float(np.max(a)) <= hi
+        for a in (np.asarray(_checks.to_host(T)), np.asarray(_checks.to_host(R)))
+    )
+    ranges = {"range_T": FAIR_MI_RANGE, "range_R": FAIR_MI_RANGE} if inside else {}
+    return MIGaussNewton(**ranges)
 
 
 def _to_backend(bk, x, dtype, exponent):
@@ -436,6 +525,129 @@ def _make_transform(transform: Any, domain: Domain, p: Any) -> Transform:
     return make_transform(transform, dim=domain.dim)
 
 
+# ------------------------------------------------------------------ hyper-parameters as data
+
+
+class _DataSlot:
+    """What a hyper-parameter's field holds in a kernel's cache key: its value is an argument."""
+
+    def __repr__(self) -> str:
+        return "<data>"
+
+
+_SLOT = _DataSlot()
+
+
+def _data_fields() -> dict:
+    """The fields of each class that the kernels take as data, by class. Only classes checked
+    to use these fields in arithmetic alone (no Python branch on their value, which a traced
+    value cannot take) are listed; a field that is None (a default computed from the data)
+    stays part of the structure. Any other object keys the kernels whole, as before."""
+    from multireg import distances
+    from multireg.regularizers import Curvature, Diffusive, Elastic
+
+    table = {
+        ImageModel: ("theta",),
+        Elastic: ("alpha", "mu", "lam"),
+        Diffusive: ("alpha",),
+        Curvature: ("alpha",),
+        distances.NGF: ("edge",),
+        distances.MI: ("range_T", "range_R"),
+    }
+    gauss_newton_mi = getattr(distances, "MIGaussNewton", None)
+    if gauss_newton_mi is not None:
+        table[gauss_newton_mi] = ("range_T", "range_R")
+    return table
+
+
+def _with_fields(obj: Any, values: dict) -> Any:
+    """A copy of the frozen dataclass ``obj`` with ``values`` set and no validation: the values
+    may be traced arrays, which ``__post_init__``'s checks (made on the host, once) cannot read."""
+    if not values:
+        return obj
+    out = copy.copy(obj)
+    for name, value in values.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
+def _split_data(obj: Any) -> tuple[Any, dict]:
+    """(structure, values): ``obj`` with its hyper-parameters replaced by a slot (the cache key
+    of its kernels) and those values (floats, or pairs of floats), by field name."""
+    if obj is None:
+        return None, {}
+    names = _data_fields().get(type(obj), ())
+    values = {n: getattr(obj, n) for n in names if getattr(obj, n) is not None}
+    return _with_fields(obj, dict.fromkeys(values, _SLOT)), values
+
+
+def _hyper_arrays(xp: Any, values: dict, dtype: Any, device: Any) -> dict:
+    """The values of :func:`_split_data` as 0-d arrays of the computation's dtype (a float64
+    value would promote a float32 computation)."""
+
+    def array(v):
+        if isinstance(v, tuple):
+            return tuple(xp.asarray(e, dtype=dtype, device=device) for e in v)
+        return xp.asarray(v, dtype=dtype, device=device)
+
+    return {name: array(v) for name, v in values.items()}
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The model, distance and regulariser as structures (hashable: the kernels' cache key)
+    and their hyper-parameters as arrays (``hyper``: a pytree, passed to every kernel)."""
+
+    model: ImageModel
+    dist: Any
+    reg: Any
+    hyper: dict = field(compare=False, hash=False)
+
+    @staticmethod
+    def of(xp, model, dist, reg, dtype, device) -> _Problem:
+        parts = [_split_data(o) for o in (model, dist, reg)]
+        hyper = {
+            key: _hyper_arrays(xp, values, dtype, device)
+            for key, (_, values) in zip(("model", "dist", "reg"), parts, strict=True)
+        }
+        return _Problem(*(s for s, _ in parts), hyper=hyper)
+
+    def bind(self, hyper: dict) -> tuple[Any, Any, Any]:
+        """Model, distance and regulariser with the (traced) values ``hyper``."""
+        return (
+            _with_fields(self.model, hyper["model"]),
+            _with_fields(self.dist, hyper["dist"]),
+            _with_fields(self.reg, hyper["reg"]),
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(bk: Any, fn: Callable, *static: Any, **options: Any) -> Callable:
+    """``bk.jit`` of ``fn(x, *static, **options)`` as a function of x alone (static: hashable
+    sizes, domains, kinds): one program instead of an eager dispatch per operation."""
+    return bk.jit(lambda x: fn(x, *static, **options))
+
+
+@functools.lru_cache(maxsize=32)
+def _pyramid_kernel(bk: Any, domain: Domain, selected: tuple[Domain, ...]) -> Callable:
+    """The images on the selected levels of :func:`multireg.multilevel`'s pyramid, built in one
+    compiled function (eagerly, JAX compiles each averaging step as a program of its own)."""
+    coarsest = min(min(d.m) for d in selected)
+
+    def build(T, R):
+        levels = multilevel(domain, T, R, min_size=coarsest)
+        return tuple(lv.images for lv in levels if lv.domain in selected)
+
+    return bk.jit(build)
+
+
+def _pyramid(bk: Any, domain: Domain, selected: list[Domain], T: Any, R: Any) -> list[Level]:
+    if list(selected) == [domain]:
+        return [Level(domain, (T, R))]
+    images = _pyramid_kernel(bk, domain, tuple(selected))(T, R)
+    return [Level(d, tuple(im)) for d, im in zip(selected, images, strict=True)]
+
+
 # ------------------------------------------------------------------------------ parametric
 
 
@@ -446,51 +658,94 @@ def _image_and_gradient(bk, model, coef, domain, y):
     return Tc, pullback(bk.xp.ones_like(Tc))
 
 
+def _level_values(xp, model, d, T, R):
+    """Template coefficients, the reference at the cell centres and the grid (FAIR), traced."""
+    x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
+    coef = model.coefficients(T)
+    Rc = R
+    if model.kind == "spline":
+        # FAIR smooths R with the same θ when θ ≠ 0; θ is an array here, so select by value
+        smooth = xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
+        Rc = xp.where(model.theta != 0, smooth, R)
+    return coef, Rc, x
+
+
+def _scale_values(xp, dist, domain, Rc):
+    """[D(0, R), D(R, R)]: the magnitude of the distance's terms whatever the alignment (SSD:
+    ½ hd ‖R‖²; NCC: 1; NGF: |Ω|; MI: the entropy of R), for the solvers' round-off tests."""
+    return [dist(xp.zeros_like(Rc), Rc, domain), dist(Rc, Rc, domain)]
+
+
+def _j_scale(values) -> float:
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    return float(np.max(np.where(np.isfinite(values), values, 0.0)))
+
+
 @functools.lru_cache(maxsize=32)
 def _parametric_kernels(bk, trafo, model, dist, domain):
-    """Compiled J, ∇J, Gauss–Newton and exact curvatures of J(w) on one level."""
+    """Compiled J, ∇J, Gauss–Newton and exact curvatures of J(w) on one level, the level's set-up
+    and the result. ``model`` and ``dist`` are structures (:func:`_split_data`): every kernel
+    takes their hyper-parameters as its argument ``hyper``."""
     xp = bk.xp
 
-    def warped(w, coef, x):
-        return xp.reshape(model.evaluate(coef, domain, trafo(w, x)), domain.m)
+    def bound(hyper):
+        return _with_fields(model, hyper["model"]), _with_fields(dist, hyper["dist"])
 
-    def residual(w, coef, Rc, x):
-        return dist.residual(warped(w, coef, x), Rc, domain)
+    def warped(w, hyper, coef, x):
+        return xp.reshape(bound(hyper)[0].evaluate(coef, domain, trafo(w, x)), domain.m)
 
-    def J(w, coef, Rc, x):
-        return dist(warped(w, coef, x), Rc, domain)
+    def residual(w, hyper, coef, Rc, x):
+        return bound(hyper)[1].residual(warped(w, hyper, coef, x), Rc, domain)
 
-    def value_and_grad(w, coef, Rc, x):
-        return bk.value_and_grad(lambda v: J(v, coef, Rc, x))(w)
+    def J(w, hyper, coef, Rc, x):
+        return bound(hyper)[1](warped(w, hyper, coef, x), Rc, domain)
 
-    def gn_matrix(w, coef, Rc, x):
+    def setup(hyper, T, R):
+        """The level's data (:func:`_level_values`) and [J(identity), D(0, R), D(R, R)]: one
+        program, not one per quantity."""
+        model_, dist_ = bound(hyper)
+        coef, Rc, x = _level_values(xp, model_, domain, T, R)
+        w_id = trafo.identity(xp, dtype=T.dtype, device=_device(T))
+        stats = xp.stack([J(w_id, hyper, coef, Rc, x), *_scale_values(xp, dist_, domain, Rc)])
+        return coef, Rc, x, stats
+
+    def result(w, hyper, coef, x):
+        return warped(w, hyper, coef, x), trafo(w, x)
+
+    def value_and_grad(w, hyper, coef, Rc, x):
+        return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, x))(w)
+
+    def gn_matrix(w, hyper, coef, Rc, x):
         """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR's factorisation, book §6.3): one pullback
         gives the pointwise image gradient dT, so the stencil is not pushed once per parameter."""
-        Tc, dT = _image_and_gradient(bk, model, coef, domain, trafo(w, x))
+        model_, dist_ = bound(hyper)
+        Tc, dT = _image_and_gradient(bk, model_, coef, domain, trafo(w, x))
         dy = bk.jacobian(lambda v: trafo(v, x))(w)  # (n, d, p); cheap: no interpolation
         JT = sum(dT[:, k, None] * dy[:, k, :] for k in range(domain.dim))  # (n, p)
         T0 = xp.reshape(Tc, domain.m)
         zero = xp.zeros(JT.shape[1], dtype=JT.dtype, device=_device(JT))
-        Jr = bk.jacobian(lambda t: dist.residual(T0 + xp.reshape(JT @ t, domain.m), Rc, domain))(
-            zero
-        )
-        W = dist.gn_weight(dist.residual(T0, Rc, domain), Rc, domain)
+        Jr = bk.jacobian(
+            lambda t: dist_.residual(T0 + xp.reshape(JT @ t, domain.m), Rc, domain)
+        )(zero)
+        W = dist_.gn_weight(dist_.residual(T0, Rc, domain), Rc, domain)
         return Jr.T @ ((W[:, None] if W.ndim else W) * Jr)
 
-    def gn_matvec(w, v, coef, Rc, x):
-        r, jv = bk.jvp(lambda u: residual(u, coef, Rc, x), w, v)
-        _, pullback = bk.vjp(lambda u: residual(u, coef, Rc, x), w)
-        return pullback(dist.gn_weight(r, Rc, domain) * jv)
+    def gn_matvec(w, v, hyper, coef, Rc, x):
+        dist_ = bound(hyper)[1]
+        r, jv = bk.jvp(lambda u: residual(u, hyper, coef, Rc, x), w, v)
+        _, pullback = bk.vjp(lambda u: residual(u, hyper, coef, Rc, x), w)
+        return pullback(dist_.gn_weight(r, Rc, domain) * jv)
 
-    def hessian(w, coef, Rc, x):
-        return bk.hessian(lambda v: J(v, coef, Rc, x))(w)
+    def hessian(w, hyper, coef, Rc, x):
+        return bk.hessian(lambda v: J(v, hyper, coef, Rc, x))(w)
 
-    def hvp(w, v, coef, Rc, x):
-        return bk.hvp(lambda u: J(u, coef, Rc, x), w, v)
+    def hvp(w, v, hyper, coef, Rc, x):
+        return bk.hvp(lambda u: J(u, hyper, coef, Rc, x), w, v)
 
     jit = bk.jit
     return dict(
-        warped=jit(warped),
+        setup=jit(setup),
+        result=jit(result),
         J=jit(J),
         value_and_grad=jit(value_and_grad),
         gn_matrix=jit(gn_matrix),
@@ -523,46 +778,6 @@ def _parametric_objective(bk, kernels, data, n_params) -> Objective:
     )
 
 
-def _level_data(bk, model, level):
-    """Template coefficients, the reference sampled at cell centres, and the grid (FAIR)."""
-    T, R = level.images
-    return _level_kernel(bk, model, level.domain)(T, R)
-
-
-@functools.lru_cache(maxsize=32)
-def _level_kernel(bk, model, d):
-    """One compiled function per level: eagerly, JAX would compile every small operation of the
-    spline evaluation and coefficient solve separately (seconds per level)."""
-    xp = bk.xp
-
-    def level_data(T, R):
-        x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
-        coef = model.coefficients(T)
-        Rc = R
-        if model.kind == "spline" and model.theta != 0:  # FAIR smooths R with the same theta
-            Rc = xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
-        return coef, Rc, x
-
-    return bk.jit(level_data)
-
-
-@functools.lru_cache(maxsize=32)
-def _scale_kernel(bk, dist, domain):
-    """[D(0, R), D(R, R)]: the magnitude of the distance's terms whatever the alignment (SSD:
-    ½ hd ‖R‖²; NCC: 1; NGF: |Ω|; MI: the entropy of R), for the solvers' round-off tests."""
-    xp = bk.xp
-
-    def scale(Rc):
-        return xp.stack([dist(xp.zeros_like(Rc), Rc, domain), dist(Rc, Rc, domain)])
-
-    return bk.jit(scale)
-
-
-def _j_scale(bk, dist, domain, Rc) -> float:
-    values = np.abs(bk.to_numpy(_scale_kernel(bk, dist, domain)(Rc)))
-    return float(np.max(np.where(np.isfinite(values), values, 0.0)))
-
-
 def _solve(method, objective, x0, options, x_stop, j_stop, j_scale, callback):
     common = dict(x_stop=x_stop, j_stop=j_stop, j_scale=j_scale, callback=callback, **options)
     if method == "gauss-newton":
@@ -577,35 +792,34 @@ def _solve(method, objective, x0, options, x_stop, j_stop, j_scale, callback):
     return optimize.lbfgs(objective, x0, **common)
 
 
-def _parametric(bk, pyramid, trafo, model, dist, method, w0, options, callback, verbose, units):
-    xp = bk.xp
+def _parametric(
+    bk, pyramid, trafo, problem, method, w0, options, callback, verbose, units
+):  # fmt: skip
     dtype = pyramid[-1].images[0].dtype
     device = _device(pyramid[-1].images[0])
-    w_id = trafo.identity(xp, dtype=dtype, device=device)
+    # the identity's parameters from the host: no eager program for a constant
+    w_id = bk.asarray(np.asarray(trafo.identity()), dtype=dtype, device=device)
     w = w_id if w0 is None else w0
+    hyper = problem.hyper
     results = []
     for level in pyramid:
-        kernels = _parametric_kernels(bk, trafo, model, dist, level.domain)
-        data = _level_data(bk, model, level)
-        objective = _parametric_objective(bk, kernels, data, trafo.n_params)
-        j_stop = float(bk.to_numpy(objective.value(w_id)))
-        j_scale = _j_scale(bk, dist, level.domain, data[1])
+        kernels = _parametric_kernels(bk, trafo, problem.model, problem.dist, level.domain)
+        coef, Rc, x, stats = kernels["setup"](hyper, *level.images)
+        j_stop, *scale = bk.to_numpy(stats).tolist()
+        objective = _parametric_objective(bk, kernels, (hyper, coef, Rc, x), trafo.n_params)
         cb = _level_callback(callback, verbose, "parametric", level.domain, units)
-        res = _solve(method, objective, w, options, w_id, j_stop, j_scale, cb)
+        res = _solve(method, objective, w, options, w_id, j_stop, _j_scale(scale), cb)
         w = res.x
         final = res.fun
         res = units.result(res)
         results.append(LevelResult("parametric", level.domain, res, res.fun))
-    finest = pyramid[-1]
-    coef, Rc, x = _level_data(bk, model, finest)
-    y = trafo(w, x)
-    warped = units.image(bk, kernels["warped"](w, coef, x))
-    j_id = float(bk.to_numpy(kernels["J"](w_id, coef, Rc, x)))
+    warped, y = kernels["result"](w, hyper, coef, x)
+    j_id = j_stop  # J at the identity on the finest level
     return RegistrationResult(
         w=w,
         y=y,
         y_grid=None,
-        warped=warped,
+        warped=units.image(bk, warped),
         distance=units.j(final),
         reduction=final / j_id if j_id else float("nan"),
         levels=tuple(results),
@@ -642,51 +856,87 @@ def _device(x):
 
 
 @functools.lru_cache(maxsize=32)
-def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain):
-    """Compiled J(y) = D(T(P y), R) + S(y − y_ref), its gradient and the pieces of H_GN."""
+def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=None):
+    """Compiled J(y) = D(T(P y), R) + S(y − y_ref), its gradient, the pieces of H_GN, the
+    level's set-up and the result. ``model``, ``dist`` and ``reg`` are structures
+    (:func:`_split_data`): every kernel takes their hyper-parameters as its argument ``hyper``,
+    so a new α, μ, λ, θ or distance parameter compiles nothing."""
     xp = bk.xp
     kind = reg.kind
     radius = getattr(dist, "residual_radius", None)
 
+    def bound(hyper):
+        return (
+            _with_fields(model, hyper["model"]),
+            _with_fields(dist, hyper["dist"]),
+            _with_fields(reg, hyper["reg"]),
+        )
+
     def points(y):
         return gridops.to_cell_centers(y, domain, kind)
 
-    def J(y, coef, Rc, y_ref):
-        Tc = xp.reshape(model.evaluate(coef, domain, points(y)), domain.m)
-        return dist(Tc, Rc, domain) + reg.value(y, domain, y_ref)
+    def distance_value(y, hyper, coef, Rc):
+        model_, dist_, _ = bound(hyper)
+        Tc = xp.reshape(model_.evaluate(coef, domain, points(y)), domain.m)
+        return dist_(Tc, Rc, domain)
 
-    def distance_value(y, coef, Rc):
-        Tc = xp.reshape(model.evaluate(coef, domain, points(y)), domain.m)
-        return dist(Tc, Rc, domain)
+    def J(y, hyper, coef, Rc, y_ref):
+        reg_ = bound(hyper)[2]
+        return distance_value(y, hyper, coef, Rc) + reg_.value(y, domain, y_ref)
 
-    def value_and_grad(y, coef, Rc, y_ref):
-        return bk.value_and_grad(lambda v: J(v, coef, Rc, y_ref))(y)
+    def setup(hyper, T, R, w_pre):
+        """The level's data, the identity grid x, y_ref (the pre-registration's map on x),
+        diag(S''), and [J(x), D(x), D(0, R), D(R, R)]: one program, not one per quantity."""
+        model_, dist_, reg_ = bound(hyper)
+        coef, Rc, _ = _level_values(xp, model_, domain, T, R)
+        dtype, device = T.dtype, _device(T)
+        x_grid = gridops.identity_grid(domain, kind, xp, dtype=dtype, device=device)
+        if pre_trafo is None:
+            y_ref = x_grid
+        else:
+            y_ref = _map_grid(pre_trafo, w_pre, x_grid, domain, kind, xp)
+        reg_diag = reg_.diagonal(domain, xp, dtype=dtype, device=device)
+        d_id = distance_value(x_grid, hyper, coef, Rc)
+        j_id = d_id + reg_.value(x_grid, domain, y_ref)
+        stats = xp.stack([j_id, d_id, *_scale_values(xp, dist_, domain, Rc)])
+        return coef, Rc, x_grid, y_ref, reg_diag, stats
 
-    def linearise(y, coef, Rc):
+    def result(y, hyper, coef):
+        """P y, T(P y) and det ∇y on the finest level."""
+        yc = points(y)
+        warped = xp.reshape(bound(hyper)[0].evaluate(coef, domain, yc), domain.m)
+        return yc, warped, gridops.jacobian_determinant(y, domain, kind)
+
+    def value_and_grad(y, hyper, coef, Rc, y_ref):
+        return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, y_ref))(y)
+
+    def linearise(y, hyper, coef, Rc):
         """Pointwise image gradients dT (n, d), the residual and its GN weight at y."""
-        Tc, dT = _image_and_gradient(bk, model, coef, domain, points(y))
-        r = dist.residual(xp.reshape(Tc, domain.m), Rc, domain)
-        W = dist.gn_weight(r, Rc, domain)
+        model_, dist_, _ = bound(hyper)
+        Tc, dT = _image_and_gradient(bk, model_, coef, domain, points(y))
+        r = dist_.residual(xp.reshape(Tc, domain.m), Rc, domain)
+        W = dist_.gn_weight(r, Rc, domain)
         return dT, xp.reshape(Tc, domain.m), W
 
-    def data_matvec(v, dT, Tc, W, Rc):
+    def data_matvec(v, dist_, dT, Tc, W, Rc):
         """Pᵀ dTᵀ J_rᵀ W J_r dT P v, the data term of the GN operator."""
         z = points(v)  # summing the d columns by hand: torch reduces a tiny last axis slowly
         t = xp.reshape(sum(dT[:, k] * z[:, k] for k in range(domain.dim)), domain.m)
-        _, jt = bk.jvp(lambda u: dist.residual(u, Rc, domain), Tc, t)
-        _, pullback = bk.vjp(lambda u: dist.residual(u, Rc, domain), Tc)
+        _, jt = bk.jvp(lambda u: dist_.residual(u, Rc, domain), Tc, t)
+        _, pullback = bk.vjp(lambda u: dist_.residual(u, Rc, domain), Tc)
         g = xp.reshape(pullback(W * jt), (-1,))
         return gridops.to_cell_centers_adjoint(dT * g[:, None], domain, kind)
 
-    def gn_matvec(v, dT, Tc, W, Rc):
+    def gn_matvec(v, hyper, dT, Tc, W, Rc):
         """(Pᵀ dTᵀ J_rᵀ W J_r dT P + α hd BᵀB) v, FAIR's matrix-free GN operator (book §9.4)."""
-        return data_matvec(v, dT, Tc, W, Rc) + reg.hvp(v, domain)
+        _, dist_, reg_ = bound(hyper)
+        return data_matvec(v, dist_, dT, Tc, W, Rc) + reg_.hvp(v, domain)
 
-    def probe(color, dT, Tc, W, Rc):
+    def probe(color, hyper, dT, Tc, W, Rc):
         """v ⊙ (data term) v for the indicator v of one colour of :func:`_colours`: the
         diagonal of the data term at the colour's unknowns (Curtis, Powell & Reid 1974)."""
         v = _colour_mask(xp, color, domain, kind, radius, dT.dtype)
-        return v * data_matvec(v, dT, Tc, W, Rc)
+        return v * data_matvec(v, bound(hyper)[1], dT, Tc, W, Rc)
 
     def gn_diagonal(dT, W):
         """diag of the data term, exact when the residual is T itself (SSD, NCC): P's entries
@@ -695,11 +945,13 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain):
         w = W if W.ndim == 0 else xp.reshape(W, (-1, 1))
         return c * gridops.to_cell_centers_adjoint(w * dT * dT, domain, kind)
 
-    def hvp(y, v, coef, Rc, y_ref):
-        return bk.hvp(lambda u: J(u, coef, Rc, y_ref), y, v)
+    def hvp(y, v, hyper, coef, Rc, y_ref):
+        return bk.hvp(lambda u: J(u, hyper, coef, Rc, y_ref), y, v)
 
     jit = bk.jit
     return dict(
+        setup=jit(setup),
+        result=jit(result),
         J=jit(J),
         hvp=jit(hvp),
         probe=jit(probe),
@@ -711,18 +963,19 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain):
     )
 
 
-def _nonparametric(bk, pyramid, model, dist, reg, pre, method, options, callback, verbose, units):
-    xp = bk.xp
+def _nonparametric(
+    bk, pyramid, problem, pre, method, options, callback, verbose, units, *,
+    prolongation="linear", det_method="multireg",
+):  # fmt: skip
     coarsest = pyramid[0]
-    dtype = coarsest.images[0].dtype
-    device = _device(coarsest.images[0])
+    hyper = problem.hyper
     results = []
     # parametric pre-registration on the coarsest level (FAIR MLIR); its map is y_ref everywhere
     if pre is not None:
         pre_trafo = make_transform(pre, dim=coarsest.domain.dim)
-        pre_method = "gauss-newton" if dist.gauss_newton else "lbfgs"
+        pre_method = "gauss-newton" if problem.dist.gauss_newton else "lbfgs"
         pre_out = _parametric(
-            bk, [coarsest], pre_trafo, model, dist, pre_method, None,
+            bk, [coarsest], pre_trafo, problem, pre_method, None,
             {k: v for k, v in options.items() if k not in ("cg_rtol", "cg_max_iter")},
             callback, verbose, units,
         )  # fmt: skip
@@ -730,40 +983,37 @@ def _nonparametric(bk, pyramid, model, dist, reg, pre, method, options, callback
         results.extend(pre_out.levels)
     else:
         pre_trafo, w_pre = None, None
-    kind = reg.kind
+    kind = problem.reg.kind
     y = None
     previous = None
     for level in pyramid:
         d = level.domain
-        x_grid = gridops.identity_grid(d, kind, xp, dtype=dtype, device=device)
-        if pre_trafo is None:
-            y_ref = x_grid
-        else:
-            y_ref = _map_grid(pre_trafo, w_pre, x_grid, d, kind, xp)
-        y = y_ref if previous is None else gridops.prolong(y, previous, d, kind)
-        kernels = _nonparametric_kernels(bk, model, dist, reg, d)
-        coef, Rc, _ = _level_data(bk, model, level)
-        objective = _nonparametric_objective(
-            bk, kernels, reg, dist, d, coef, Rc, y_ref, dtype, device
+        kernels = _nonparametric_kernels(
+            bk, problem.model, problem.dist, problem.reg, d, pre_trafo
         )
-        j_stop = float(bk.to_numpy(objective.value(x_grid)))
-        j_scale = _j_scale(bk, dist, d, Rc)
+        coef, Rc, x_grid, y_ref, reg_diag, stats = kernels["setup"](hyper, *level.images, w_pre)
+        j_stop, d_id, *scale = bk.to_numpy(stats).tolist()
+        if previous is None:
+            y = y_ref
+        else:
+            y = _compiled(bk, gridops.prolong, previous, d, kind, boundary=prolongation)(y)
+        objective = _nonparametric_objective(
+            bk, kernels, problem, d, (hyper, coef, Rc), y_ref, reg_diag
+        )
         cb = _level_callback(callback, verbose, "nonparametric", d, units)
-        res = _solve(method, objective, y, options, x_grid, j_stop, j_scale, cb)
+        res = _solve(method, objective, y, options, x_grid, j_stop, _j_scale(scale), cb)
         y = res.x
-        final = float(bk.to_numpy(kernels["distance"](y, coef, Rc)))
+        final = float(bk.to_numpy(kernels["distance"](y, hyper, coef, Rc)))
         results.append(LevelResult("nonparametric", d, units.result(res), units.j(final)))
         previous = d
-    finest = pyramid[-1]
-    d = finest.domain
-    coef, Rc, _ = _level_data(bk, model, finest)
-    yc = gridops.to_cell_centers(y, d, kind)
-    warped = units.image(bk, xp.reshape(model.evaluate(coef, d, yc), d.m))
-    x_grid = gridops.identity_grid(d, kind, xp, dtype=dtype, device=device)
-    d_id = float(
-        bk.to_numpy(_nonparametric_kernels(bk, model, dist, reg, d)["distance"](x_grid, coef, Rc))
-    )
-    det = np.asarray(bk.to_numpy(gridops.jacobian_determinant(y, d, kind)))
+    yc, warped, det = kernels["result"](y, hyper, coef)  # the finest level's
+    warped = units.image(bk, warped)
+    if det_method == "fair":
+        from multireg.metrics import fair_jacobian_determinant
+
+        det = fair_jacobian_determinant(bk.to_numpy(y), d, kind)
+    else:
+        det = np.asarray(bk.to_numpy(det))
     folded = int(np.count_nonzero(det <= 0))
     det_min = float(np.min(det))
     warnings = ()
@@ -842,12 +1092,18 @@ def _colour_mask(xp, color, domain, kind, radius, dtype):
     return xp.concat(parts)
 
 
-def _nonparametric_objective(bk, kernels, reg, dist, domain, coef, Rc, y_ref, dtype, device):
+def _nonparametric_objective(bk, kernels, problem, domain, data, y_ref, reg_diag):
+    """``data``: (hyper, coef, Rc); ``reg_diag``: diag(S''), from the level's set-up."""
     xp = bk.xp
-    reg_diag = reg.diagonal(domain, xp, dtype=dtype, device=device)
-    radius = getattr(dist, "residual_radius", None)
+    hyper, coef, Rc = data
+    radius = getattr(problem.dist, "residual_radius", None)
     if radius:  # the data term couples neighbouring cells: probe its diagonal
-        colours = [xp.asarray(c, device=device) for c in _colours(domain, reg.kind, radius)]
+        device = _device(reg_diag)
+        colours = [
+            xp.asarray(c, device=device) for c in _colours(domain, problem.reg.kind, radius)
+        ]
+    elif radius is None:
+        no_diagonal = xp.zeros_like(reg_diag)
 
     def data_diagonal(dT, Tc, W):
         """The exact diagonal of the data term: the closed form for a pointwise residual,
@@ -856,23 +1112,23 @@ def _nonparametric_objective(bk, kernels, reg, dist, domain, coef, Rc, y_ref, dt
         if radius == 0:
             return kernels["gn_diagonal"](dT, W)
         if radius is None:
-            return xp.zeros_like(reg_diag)
-        return sum(kernels["probe"](c, dT, Tc, W, Rc) for c in colours)
+            return no_diagonal
+        return sum(kernels["probe"](c, hyper, dT, Tc, W, Rc) for c in colours)
 
     def gauss_newton(y):
-        dT, Tc, W = kernels["linearise"](y, coef, Rc)
+        dT, Tc, W = kernels["linearise"](y, hyper, coef, Rc)
         diagonal = data_diagonal(dT, Tc, W) + reg_diag
         return LinearOperator(
-            matvec=lambda v: kernels["gn_matvec"](v, dT, Tc, W, Rc), diagonal=diagonal
+            matvec=lambda v: kernels["gn_matvec"](v, hyper, dT, Tc, W, Rc), diagonal=diagonal
         )
 
     return Objective(
         bk=bk,
-        value=lambda y: kernels["J"](y, coef, Rc, y_ref),
-        value_and_grad=lambda y: kernels["value_and_grad"](y, coef, Rc, y_ref),
+        value=lambda y: kernels["J"](y, hyper, coef, Rc, y_ref),
+        value_and_grad=lambda y: kernels["value_and_grad"](y, hyper, coef, Rc, y_ref),
         hessian=gauss_newton,
         exact_hessian=lambda y: LinearOperator(
-            matvec=lambda v: kernels["hvp"](y, v, coef, Rc, y_ref)
+            matvec=lambda v: kernels["hvp"](y, v, hyper, coef, Rc, y_ref)
         ),
         curvature="gauss-newton",
     )

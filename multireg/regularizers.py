@@ -48,6 +48,15 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+def _sqrt(value: Any) -> Any:
+    """√value for a Python number or a 0-d array: the registration passes α, μ and λ to its
+    compiled kernels as arrays (so that a new value does not recompile), where ``math.sqrt``
+    would need the value on the host."""
+    if isinstance(value, numbers.Real):
+        return math.sqrt(value)
+    return array_api_compat.array_namespace(value).sqrt(value)
+
+
 def _neighbours(xp: Any, n: int, dtype: Any, device: Any) -> Any:
     """How many neighbours each of n points on a line has: ``[1, 2, ..., 2, 1]`` (``[0]`` if n = 1).
 
@@ -224,12 +233,12 @@ class Elastic(Regularizer):
         object.__setattr__(self, "lam", lam)
 
     def _blocks(self, u: tuple, h: tuple[float, ...]) -> list:
-        a, b = math.sqrt(self.mu), math.sqrt(self.lam + self.mu)
+        a, b = _sqrt(self.mu), _sqrt(self.lam + self.mu)
         div = sum(_diff(ui, i, h[i]) for i, ui in enumerate(u))
         return [a * g for g in _gradient_blocks(u, h)] + [b * div]
 
     def _blocks_adjoint(self, z: list, h: tuple[float, ...]) -> list:
-        a, b = math.sqrt(self.mu), math.sqrt(self.lam + self.mu)
+        a, b = _sqrt(self.mu), _sqrt(self.lam + self.mu)
         grad = _gradient_blocks_adjoint(z[:-1], h)
         return [a * g + b * _diff_adjoint(z[-1], i, h[i]) for i, g in enumerate(grad)]
 

@@ -1,0 +1,93 @@
+"""How many programs JAX traces for a registration (issue 13): hyper-parameters are data.
+
+α, μ, λ (regulariser), θ (image model), NGF's edge and MI's ranges are passed to the compiled
+kernels as arrays, so a second registration of the same shapes with other values traces and
+compiles nothing new; only shapes, dtypes and the kind of transformation, image model, distance
+and regulariser key a program. Counted with JAX's monitoring events (a trace is
+``/jax/core/compile/jaxpr_trace_duration``, also for an eager operation, which JAX compiles
+as a program of its own), never with seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from multireg import register
+from multireg.data import blobs
+
+jax = pytest.importorskip("jax")
+
+from jax import monitoring  # noqa: E402
+
+TRACE = "/jax/core/compile/jaxpr_trace_duration"
+_active: list[collections.Counter] = []
+
+
+def _listener(name, seconds, fun_name=None, **kwargs):
+    if name == TRACE:
+        for counter in _active:
+            counter[fun_name] += 1
+
+
+monitoring.register_event_duration_secs_listener(_listener)
+
+
+class traces:
+    """``with traces() as c:``: c counts the jaxprs traced inside, by function name."""
+
+    def __enter__(self) -> collections.Counter:
+        self.counter = collections.Counter()
+        _active.append(self.counter)
+        return self.counter
+
+    def __exit__(self, *exc) -> None:
+        _active.remove(self.counter)
+
+
+# Shapes of their own, so that the first registration here traces its programs afresh.
+OMEGA = (0.0, 1.0, 0.0, 1.25)
+T, DOMAIN = blobs((20, 24), OMEGA, n_blobs=5, seed=11)
+R = np.roll(T, (1, -1), axis=(0, 1))
+
+
+def _close(a, b):
+    return np.allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+def test_changing_alpha_mu_lam_traces_nothing_new():
+    options = dict(transform="nonparametric", regularizer="elastic", levels=2, backend="jax")
+    first = register(T, R, OMEGA, alpha=10.0, **options)
+    with traces() as counted:
+        other = register(T, R, OMEGA, alpha=40.0, mu=2.0, lam=0.5, **options)
+        again = register(T, R, OMEGA, alpha=10.0, **options)
+    assert sum(counted.values()) == 0, dict(counted)
+    # the values reach the kernels: another α gives another map, the first α the first one
+    assert not _close(other.y_grid, first.y_grid)
+    assert _close(again.y_grid, first.y_grid)
+
+
+def test_changing_theta_traces_nothing_new():
+    options = dict(transform="affine", levels=2, backend="jax")
+    first = register(T, R, OMEGA, theta=0.1, **options)
+    with traces() as counted:
+        other = register(T, R, OMEGA, theta=0.5, **options)
+        zero = register(T, R, OMEGA, theta=0.0, **options)
+        again = register(T, R, OMEGA, theta=0.1, **options)
+    assert sum(counted.values()) == 0, dict(counted)
+    assert not _close(other.w, first.w)
+    assert not _close(zero.w, first.w)
+    assert _close(again.w, first.w)
+
+
+def test_changing_the_ngf_edge_traces_nothing_new():
+    from multireg.distances import NGF
+
+    options = dict(transform="rigid", levels=1, backend="jax")
+    first = register(T, R, OMEGA, distance=NGF(edge=0.5), **options)
+    with traces() as counted:
+        other = register(T, R, OMEGA, distance=NGF(edge=5.0), **options)
+    assert sum(counted.values()) == 0, dict(counted)
+    assert other.distance != first.distance
