@@ -298,10 +298,11 @@ def _common(
             help="framework that computes and differentiates (default: $MULTIREG_BACKEND, "
             f"else the first installed of {', '.join(CLI_BACKEND_PREFERENCE)}: a command is a "
             "one-off process, and there torch answers sooner because JAX compiles each kernel "
-            "on its first call; measured in new processes on FAIR's hands: affine 6-11 s torch "
-            "vs 45 s JAX with an empty compilation cache, 11 s vs 11 s with a warm one; elastic "
-            "10 s vs 78 s, and 12 s vs 30 s. The Python API's default stays JAX first: a "
-            "long-lived process compiles once and then runs faster)",
+            "on its first call; 'multireg register' on FAIR's hands, whole new processes, one "
+            "thread, shared 2-core machine: affine 6-11 s torch vs 45 s JAX with an empty "
+            "compilation cache, 12 s vs 11 s with a warm one; elastic 10 s vs 78 s, and 12 s vs "
+            "30 s. The Python API's default stays JAX first: a long-lived process compiles once "
+            "and then runs faster)",
         )
         g.add_argument(
             "--dtype",
