@@ -9,7 +9,7 @@ images. Along a path of minimisers ∇_w J(w*(θ), θ) = 0, so differentiating i
     H · dw*/dθ = −∂²J/∂w∂θ,        H = ∇²_w J(w*(θ), θ).
 
 Both H and the mixed derivative are exact, from the backend's automatic differentiation; the mixed
-derivative is forward mode in θ through the gradient, so it differentiates through the
+derivative is the gradient in w of θ·∂J/∂θ (reverse over reverse), so it differentiates through the
 coefficient solves of *both* T_θ and R_θ (θ enters the kernels as a 0-d array).
 
 Parametrisation. The path is followed in s = log θ: dw*/ds = θ·dw*/dθ = −H⁻¹·θ∂θ∇_w J. θ acts
@@ -843,13 +843,17 @@ def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain) -> dict:
         return pullback(dist.gn_weight(r, Rc, domain) * jv)
 
     def mixed(w, theta, T, R, x):
-        """∂_s ∇_w J = θ·∂θ ∇_w J at (w, θ), s = log θ: forward mode in θ over the gradient."""
+        """∂_s ∇_w J = ∇_w (θ·∂θ J) at (w, θ), s = log θ: the gradient in w of the derivative
+        in θ (reverse over reverse, two passes; forward mode in torch is slow, see its adapter)."""
 
-        def grad_w(t):
-            cT, Rc = images(t, T, R, x)
-            return bk.value_and_grad(lambda v: J(v, cT, Rc, x))(w)[1]
+        def scale_derivative(v):
+            def J_theta(t):
+                cT, Rc = images(t, T, R, x)
+                return J(v, cT, Rc, x)
 
-        return bk.jvp(grad_w, theta, theta)[1]
+            return theta * bk.value_and_grad(J_theta)(theta)[1]
+
+        return bk.value_and_grad(scale_derivative)(w)[1]
 
     def solve(H, b):
         """−H⁻¹b, and whether it is finite."""

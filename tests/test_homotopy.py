@@ -201,6 +201,10 @@ def test_predictor_error_order(ad_bk, predictor, order):
 
 
 def test_torch_and_jax_give_the_same_path(all_ad):
+    """The same θ, the same corrected points (to 1e-8) and the same corrector work. The last
+    Newton step of a corrector decreases J by a few ulps (‖∇J‖ from 2e-9 to 1e-17 at J = 3e-3),
+    so whether Armijo takes it whole or halves it (and needs one more iteration) is decided by
+    rounding, which differs between the frameworks: iteration counts may differ by one there."""
     runs = {}
     for bk in all_ad:
         runs[bk.name] = [
@@ -210,7 +214,8 @@ def test_torch_and_jax_give_the_same_path(all_ad):
     (a_fixed, a_adaptive), (b_fixed, b_adaptive) = runs.values()
     for a, b in ((a_fixed, b_fixed), (a_adaptive, b_adaptive)):
         np.testing.assert_allclose(a.thetas, b.thetas, rtol=1e-10)
-        np.testing.assert_array_equal(a.iterations, b.iterations)
+        assert np.abs(a.iterations - b.iterations).max() <= 1, (a.iterations, b.iterations)
+        assert abs(int(a.iterations.sum()) - int(b.iterations.sum())) <= 1
         scale = np.abs(a.ws).max()
         np.testing.assert_allclose(a.ws, b.ws, rtol=0, atol=1e-8 * scale)
         np.testing.assert_allclose(a.funs, b.funs, rtol=1e-8)
@@ -284,6 +289,32 @@ def test_other_correctors_find_the_same_path(corrector):
     res = _run(bk, thetas=THETAS[::2], corrector=corrector)
     assert res.success, res.message
     np.testing.assert_allclose(res.ws, reference.ws, rtol=0, atol=1e-8)
+
+
+def test_another_theta_range_compiles_nothing_on_jax():
+    """θ enters every kernel as a 0-d array (issue 13.2): a second path over other scales, with
+    another number of steps, adaptive steps and another tolerance, traces and compiles no new
+    program. Counted with JAX's monitoring events, never timed."""
+    if "jax" not in AD_BACKENDS:
+        pytest.skip("needs jax")
+    from jax import monitoring
+
+    bk = _instance("jax")
+    _run(bk, theta_range=(100.0, 0.01), n_steps=4)
+    _run(bk, theta_range=(100.0, 0.01), n_steps=4, step="adaptive")
+    events = []
+
+    def listener(name, *args, **kwargs):
+        if name.startswith("/jax/core/compile/"):
+            events.append(name)
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        _run(bk, theta_range=(37.0, 0.003), n_steps=7, tol=1e-9)
+        _run(bk, theta_range=(50.0, 0.02), n_steps=5, step="adaptive", target_error=0.2)
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert events == []
 
 
 def test_single_scale_is_the_corrector_alone(ad_bk):
