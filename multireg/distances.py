@@ -24,6 +24,7 @@ Reference: J. Modersitzki, *FAIR: Flexible Algorithms for Image Registration*, S
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -34,7 +35,7 @@ import array_api_compat
 from multireg._bspline import OFFSETS, weights
 from multireg.grid import Domain
 
-__all__ = ["MI", "NCC", "NGF", "SSD", "Distance", "distance", "rescaled"]
+__all__ = ["MI", "NCC", "NGF", "SSD", "Distance", "MIGaussNewton", "distance", "rescaled"]
 
 # NGF with edge=None: ε = _EDGE_FRACTION · max |∇R|. FAIR's examples use edge = 100 on the 0–255
 # hands images, where max |∇R| ≈ 610 (intensity per unit length), i.e. a fraction of about 0.16.
@@ -42,6 +43,7 @@ _EDGE_FRACTION = 0.1
 # MI: tolerance inside the logarithms, added to bin probabilities (FAIR's value, there added to
 # densities); it keeps ψ and its derivatives finite at empty bins.
 _LOG_TOL = 1e-6
+_NGF_BOUNDARIES = ("one-sided", "fair")
 
 
 @runtime_checkable
@@ -135,6 +137,12 @@ class NGF(_Composed):
     to affine intensity changes of T and R together (FAIR's default 100 assumes 0–255 data and
     FAIR's domains; its hands example has max |∇R| ≈ 610). ε = 1 if R is constant.
 
+    ``boundary``: the derivative in the first and last cell along each axis. ``"one-sided"``
+    (default): ``(f[1] - f[0]) / h``, the one-sided difference, which is exact for a linear f.
+    ``"fair"``: ``(f[1] - f[0]) / (2h)``, what FAIR's NGFdot.m computes (it keeps the central
+    stencil's factor 1/(2h) on the one-sided boundary rows), i.e. half the slope there; use it
+    to reproduce FAIR's numbers.
+
     Gauss–Newton: the exact outer Hessian is ``-2 hd I`` (ψ is concave in r); like FAIR, the
     weight is ``W = +2 hd`` so that the Gauss–Newton matrix is positive semidefinite.
     Needs at least 2 cells per dimension.
@@ -143,17 +151,24 @@ class NGF(_Composed):
     residual_radius: ClassVar[int] = 1
 
     edge: float | None = None
+    boundary: str = "one-sided"
 
     def __post_init__(self) -> None:
         if self.edge is not None:
             object.__setattr__(self, "edge", _positive("edge", self.edge))
+        if not isinstance(self.boundary, str) or self.boundary not in _NGF_BOUNDARIES:
+            raise ValueError(
+                f"boundary must be one of {', '.join(map(repr, _NGF_BOUNDARIES))}; "
+                f"got {self.boundary!r}"
+            )
 
     def residual(self, Tc: Any, Rc: Any, domain: Domain) -> Any:
         xp = _check_images(Tc, Rc, domain)
         if min(domain.m) < 2:
             raise ValueError(f"NGF needs at least 2 cells per dimension, got domain.m = {domain.m}")
-        gT = _gradient(xp, Tc, domain.h)
-        gR = _gradient(xp, Rc, domain.h)
+        ends = 2.0 if self.boundary == "fair" else 1.0
+        gT = _gradient(xp, Tc, domain.h, ends)
+        gR = _gradient(xp, Rc, domain.h, ends)
         TR = sum(a * b for a, b in zip(gT, gR, strict=True))
         TT = sum(a * a for a in gT)
         RR = sum(b * b for b in gR)
@@ -245,7 +260,95 @@ class MI(_Composed):
         )
 
 
-_DISTANCES = {"ssd": SSD, "ncc": NCC, "ngf": NGF, "mi": MI}
+@dataclass(frozen=True, kw_only=True)
+class MIGaussNewton(_Composed):
+    """Negative mutual information in FAIR's Gauss–Newton form (FAIR ch. 7.5; MI.m → MImex.m
+    with the Parzen estimator rhoSplineC): the residual is the joint histogram itself.
+
+    ``r = ρ``, the joint density of (T, R) on ``(bins_T + 4) × (bins_R + 4)`` bins, flattened
+    (length ``(bins_T + 4)(bins_R + 4)``, not ``prod(m)``). Each range [lo, hi] is cut into
+    ``bins`` bins of width ``w = (hi - lo)/bins`` and FAIR adds two guard bins on each side; a
+    value v lands at the bin coordinate ``s = (v - lo)/w + 2.5`` and is spread over the bins
+    ``j = 0 .. bins + 3`` with the cubic B-spline weights ``β(s - j)`` (``β(0) = 2/3``); weights
+    of bins outside that index range are dropped, as rhoSplineC does. The coordinate puts the
+    range's first bin centre at index 3 and its last at ``bins + 2`` (FAIR's C estimator is
+    shifted by half a bin against its own comment), so a value near ``hi`` loses up to 1/48 of
+    its mass. ``ρ = (1/n) Σ_i β(s_T,i - j) β(s_R,i - k)`` (divided by the number of cells, not
+    by its mass). Then
+
+        ψ(ρ) = Σ ρ_T log(ρ_T + τ) + Σ ρ_R log(ρ_R + τ) - Σ ρ log(ρ + τ),   τ = 1e-6,
+
+    and the Gauss–Newton weight is FAIR's heuristic scalar
+    ``W = log2(n) · sqrt((bins_T + 4)(bins_R + 4))`` (so ``H_GN = W J_ρᵀ J_ρ``; it is not the
+    Hessian of ψ, which is indefinite). Defaults are FAIR's: ``bins_T = 32``, ``bins_R = 30``.
+
+    ``range_T``, ``range_R``: intensity ranges (lo < hi); ``None`` means [min Rc, max Rc] for
+    both (FAIR assumes [0, 256] for both: pass ``(0, 256)`` to reproduce FAIR on 0–255 data).
+
+    How it differs from :class:`MI` (the default, better for users): MI normalises the histogram
+    by its mass and spreads values by a partition of unity over the range, so ψ is exactly the
+    MI of the estimated density; it has no Gauss–Newton form and is minimised with L-BFGS or
+    Newton–CG. This class gives FAIR's Gauss–Newton iterations (and FAIR's numbers), whose
+    curvature is a heuristic. Memory O(n · (bins_T + bins_R)).
+    """
+
+    residual_radius: ClassVar[int | None] = None  # r_j mixes every cell: no cheap diagonal
+
+    bins_T: int = 32
+    bins_R: int = 30
+    range_T: tuple[float, float] | None = None
+    range_R: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("bins_T", "bins_R"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+            object.__setattr__(self, name, int(value))
+        for name in ("range_T", "range_R"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _interval(name, value))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The joint histogram's shape, guard bins included."""
+        return (self.bins_T + 4, self.bins_R + 4)
+
+    def residual(self, Tc: Any, Rc: Any, domain: Domain) -> Any:
+        xp = _check_images(Tc, Rc, domain)
+        T, R = xp.reshape(Tc, (-1,)), xp.reshape(Rc, (-1,))
+        lo, hi = xp.min(R), xp.max(R)
+        data_range = (lo, xp.where(hi > lo, hi, lo + 1.0))
+        range_T = self.range_T if self.range_T is not None else data_range
+        range_R = self.range_R if self.range_R is not None else data_range
+        W_T = _parzen_fair(xp, T, *range_T, self.bins_T)
+        W_R = _parzen_fair(xp, R, *range_R, self.bins_R)
+        joint = xp.matmul(xp.matrix_transpose(W_T), W_R) / domain.n
+        return xp.reshape(joint, (-1,))
+
+    def outer(self, r: Any, Rc: Any, domain: Domain) -> Any:
+        xp = self._check_rho(r, Rc, domain)
+        p = xp.reshape(r, self.shape)
+        return _plogp(xp, xp.sum(p, axis=1)) + _plogp(xp, xp.sum(p, axis=0)) - _plogp(xp, p)
+
+    def gn_weight(self, r: Any, Rc: Any, domain: Domain) -> Any:
+        xp = self._check_rho(r, Rc, domain)
+        return _full(xp, math.log2(domain.n) * math.sqrt(math.prod(self.shape)), r)
+
+    def _check_rho(self, r: Any, Rc: Any, domain: Domain) -> Any:
+        if not isinstance(domain, Domain):
+            raise TypeError(f"domain must be a Domain, not {type(domain).__name__}")
+        _check_array("r", r, (math.prod(self.shape),))
+        _check_array("Rc", Rc, domain.m)
+        if r.dtype != Rc.dtype:
+            raise TypeError(f"r has dtype {r.dtype}, but Rc has dtype {Rc.dtype}")
+        return array_api_compat.array_namespace(r, Rc)
+
+
+_DISTANCES = {"ssd": SSD, "ncc": NCC, "ngf": NGF, "mi": MI, "mi-gn": MIGaussNewton}
 
 
 def rescaled(dist: Distance, k: int) -> tuple[Distance, int] | None:
@@ -262,7 +365,15 @@ def rescaled(dist: Distance, k: int) -> tuple[Distance, int] | None:
     if type(dist) is NCC:
         return dist, 0
     if type(dist) is NGF:
-        return (dist if dist.edge is None else NGF(edge=math.ldexp(dist.edge, k))), 0
+        if dist.edge is None:
+            return dist, 0
+        return dataclasses.replace(dist, edge=math.ldexp(dist.edge, k)), 0
+    if type(dist) is MIGaussNewton:
+        ranges = {
+            name: (None if v is None else (math.ldexp(v[0], k), math.ldexp(v[1], k)))
+            for name, v in (("range_T", dist.range_T), ("range_R", dist.range_R))
+        }
+        return dataclasses.replace(dist, **ranges), 0
     if type(dist) is MI:
         ranges = {
             name: (None if v is None else (math.ldexp(v[0], k), math.ldexp(v[1], k)))
@@ -273,7 +384,7 @@ def rescaled(dist: Distance, k: int) -> tuple[Distance, int] | None:
 
 
 def distance(name: str, **options: Any) -> Distance:
-    """The distance called ``name`` ("ssd", "ncc", "ngf", "mi") with keyword ``options``.
+    """The distance called ``name`` ("ssd", "ncc", "ngf", "mi", "mi-gn") with keyword ``options``.
 
     >>> distance("ngf", edge=0.5)
     NGF(edge=0.5)
@@ -351,28 +462,39 @@ def _full(xp: Any, value: float, like: Any) -> Any:
     return xp.asarray(value, dtype=like.dtype, device=array_api_compat.device(like))
 
 
-def _gradient(xp: Any, f: Any, h: tuple[float, ...]) -> list[Any]:
-    """∂f/∂x_k for each axis k: ``(f[i+1] - f[i-1]) / (2 h_k)`` inside, one-sided at the ends."""
+def _gradient(xp: Any, f: Any, h: tuple[float, ...], ends: float = 1.0) -> list[Any]:
+    """∂f/∂x_k for each axis k: ``(f[i+1] - f[i-1]) / (2 h_k)`` inside, one-sided
+    ``(f[1] - f[0]) / (ends · h_k)`` at the ends (``ends = 2``: FAIR's NGFdot.m)."""
     grads = []
     for k, hk in enumerate(h):
 
         def part(start, stop, k=k):
             return f[(slice(None),) * k + (slice(start, stop), ...)]
 
-        pieces = [part(1, 2) - part(0, 1)]
+        pieces = [(part(1, 2) - part(0, 1)) / ends]
         if f.shape[k] > 2:
             pieces.append(0.5 * (part(2, None) - part(None, -2)))
-        pieces.append(part(-1, None) - part(-2, -1))
+        pieces.append((part(-1, None) - part(-2, -1)) / ends)
         grads.append(xp.concat(pieces, axis=k) / hk)
     return grads
 
 
 def _parzen(xp: Any, v: Any, lo: Any, hi: Any, bins: int) -> Any:
     """Cubic B-spline Parzen weights ``β(s_i - j)``, shape ``(n, bins)`` (see :class:`MI`)."""
-    s = 1.0 + (v - lo) / (hi - lo) * (bins - 3)
+    return _spread(xp, 1.0 + (v - lo) / (hi - lo) * (bins - 3), bins)
+
+
+def _parzen_fair(xp: Any, v: Any, lo: Any, hi: Any, bins: int) -> Any:
+    """FAIR's rhoSplineC weights, shape ``(n, bins + 4)`` (see :class:`MIGaussNewton`)."""
+    return _spread(xp, (v - lo) * (bins / (hi - lo)) + 2.5, bins + 4)
+
+
+def _spread(xp: Any, s: Any, bins: int) -> Any:
+    """``β(s_i - j)`` for the bins ``j = 0 .. bins - 1``: the cubic B-spline (``β = b/6``)
+    centred at each coordinate ``s_i``; bins outside the range get nothing."""
     base = xp.floor(s)
     # offset of bin j from floor(s); exact small integers, so == is safe
-    offset = xp.reshape(xp.arange(bins, dtype=v.dtype, device=array_api_compat.device(v)), (1, -1))
+    offset = xp.reshape(xp.arange(bins, dtype=s.dtype, device=array_api_compat.device(s)), (1, -1))
     offset = offset - xp.reshape(base, (-1, 1))
     w = xp.zeros_like(offset)
     for o, b in zip(OFFSETS, weights(s - base), strict=True):

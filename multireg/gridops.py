@@ -247,12 +247,15 @@ def to_cell_centers_adjoint(z: Any, domain: Domain, kind: str) -> Any:
 # ---------------------------------------------------------------------------- prolongation
 
 
-def _linear_weights(n_coarse: int, n_fine: int, nodal: bool) -> tuple[np.ndarray, ...]:
+def _linear_weights(
+    n_coarse: int, n_fine: int, nodal: bool, boundary: str = "linear"
+) -> tuple[np.ndarray, ...]:
     """Indices ``i0, i1`` and weights ``t``: ``u_fine = (1 - t) u[i0] + t u[i1]`` along one axis.
 
     Coarse and fine points cover the same interval, at ``i / m`` (nodal) or ``(i + 1/2) / m``
-    (cell-centred); fine points beyond the outer coarse points are extrapolated linearly, so
-    linear functions are reproduced exactly. A single coarse point gives the constant.
+    (cell-centred); fine points beyond the outer coarse points are extrapolated linearly
+    (``boundary="linear"``), so linear functions are reproduced exactly, or given the outer
+    coarse value (``"constant"``, FAIR's mfPu). A single coarse point gives the constant.
     """
     m_coarse, m_fine = (n_coarse - 1, n_fine - 1) if nodal else (n_coarse, n_fine)
     offset = 0.0 if nodal else 0.5
@@ -261,19 +264,32 @@ def _linear_weights(n_coarse: int, n_fine: int, nodal: bool) -> tuple[np.ndarray
         zero = np.zeros(n_fine, dtype=np.int64)
         return zero, zero, np.zeros(n_fine)
     i0 = np.clip(np.floor(s), 0, n_coarse - 2).astype(np.int64)
-    return i0, i0 + 1, s - i0
+    t = s - i0
+    if boundary == "constant":
+        t = np.clip(t, 0.0, 1.0)
+    return i0, i0 + 1, t
 
 
-def prolong(y_coarse: Any, coarse: Domain, fine: Domain, kind: str) -> Any:
+def prolong(
+    y_coarse: Any, coarse: Domain, fine: Domain, kind: str, *, boundary: str = "linear"
+) -> Any:
     """The transformation ``y_coarse`` on ``coarse`` carried over to the grid of ``fine``.
 
     FAIR's multilevel prolongation (MLIR, ch. 9): ``y_fine = x_fine + P (y_coarse - x_coarse)``,
     the displacement interpolated and the fine identity grid added back. P is tensor-product
-    linear interpolation along each axis between the coarse and fine grids of the same kind,
-    with linear extrapolation over the outer half cells of cell-centred axes, so it reproduces
-    linear functions: an affine map prolongs to the same affine map. An axis with a single
-    coarse cell-centred point extends the displacement as a constant. ``fine`` is any domain
-    with the same ``omega`` (usually ``m`` doubled).
+    linear interpolation along each axis between the coarse and fine grids of the same kind.
+    Over the outer half cells of cell-centred axes (where no coarse point lies beyond the fine
+    point) ``boundary`` decides:
+
+    - ``"linear"`` (default): linear extrapolation, so P reproduces linear functions and an
+      affine map prolongs to the same affine map (a pre-registration is carried over exactly);
+    - ``"constant"``: the outer coarse displacement is copied, as FAIR's mfPu does (its
+      expandCj sets the first and last fine value to the first and last coarse one); an affine
+      map then bends in the outer half cells. Use it to reproduce FAIR's MLIR.
+
+    Nodal axes are interpolated (their outer points coincide), so both agree there. An axis
+    with a single coarse cell-centred point extends the displacement as a constant. ``fine`` is
+    any domain with the same ``omega`` (usually ``m`` doubled).
     """
     xp = _namespace("y_coarse", y_coarse)
     _check_domain(coarse, "coarse")
@@ -281,6 +297,8 @@ def prolong(y_coarse: Any, coarse: Domain, fine: Domain, kind: str) -> Any:
     if fine.omega != coarse.omega:
         raise ValueError(f"fine.omega {fine.omega} must equal coarse.omega {coarse.omega}")
     _check_kind(kind)
+    if not isinstance(boundary, str) or boundary not in ("linear", "constant"):
+        raise ValueError(f"boundary must be 'linear' or 'constant'; got {boundary!r}")
     device = array_api_compat.device(y_coarse)
     grid = {"xp": xp, "dtype": y_coarse.dtype, "device": device}
     components = _split(y_coarse, coarse, kind, "y_coarse")
@@ -294,7 +312,9 @@ def prolong(y_coarse: Any, coarse: Domain, fine: Domain, kind: str) -> Any:
                 continue
             nodal = kind == "nodal" or (kind == "staggered" and axis == k)
             extra = 1 if nodal else 0
-            i0, i1, t = _linear_weights(coarse.m[axis] + extra, fine.m[axis] + extra, nodal)
+            i0, i1, t = _linear_weights(
+                coarse.m[axis] + extra, fine.m[axis] + extra, nodal, boundary
+            )
             shape = tuple(-1 if j == axis else 1 for j in range(coarse.dim))
             t = xp.reshape(xp.asarray(t, dtype=u.dtype, device=device), shape)
             u0 = xp.take(u, xp.asarray(i0, dtype=itype, device=device), axis=axis)

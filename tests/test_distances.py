@@ -399,7 +399,7 @@ def test_bad_images_are_refused_naming_the_argument(bk):
         (
             lambda: distance("lncc"),
             ValueError,
-            r"name must be one of \['mi', 'ncc', 'ngf', 'ssd'\]",
+            r"name must be one of \['mi', 'mi-gn', 'ncc', 'ngf', 'ssd'\]",
         ),
         (lambda: distance(3), ValueError, "name must be one of"),
         (
@@ -410,7 +410,7 @@ def test_bad_images_are_refused_naming_the_argument(bk):
         (
             lambda: distance("ngf", egde=1.0),
             TypeError,
-            r"\['egde'\] for distance 'ngf'.*\['edge'\]",
+            r"\['egde'\] for distance 'ngf'.*\['edge', 'boundary'\]",
         ),
         (lambda: distance("mi", bins=8), TypeError, r"unknown option\(s\) \['bins'\]"),
         (lambda: NGF(edge=0.0), ValueError, "edge must be finite and > 0, got 0.0"),

@@ -27,6 +27,12 @@ __all__ = ["gauss_newton", "newton"]
 Array = Any
 G_TINY = 1e6 * _loop.EPS
 """FAIR's STOP4 threshold (GaussNewton.m)."""
+LINEAR_SOLVERS = ("pcg", "direct")
+DIRECT_MAX = 1024
+"""``linear_solver="direct"``: a matrix-free curvature with at most this many unknowns is
+formed column by column (one product per unknown) and solved densely; a larger one by PCG to
+:data:`DIRECT_RTOL`."""
+DIRECT_RTOL = 1e-10
 
 
 def gauss_newton(
@@ -42,6 +48,7 @@ def gauss_newton(
     j_scale: float | None = None,
     cg_rtol: float = 0.1,
     cg_max_iter: int = 500,
+    linear_solver: str = "pcg",
     ls_reduction: float = 1e-4,
     ls_max_trials: int = 10,
     callback: Callable[[Record], Any] | None = None,
@@ -61,9 +68,17 @@ def gauss_newton(
 
     Linear solve: ``xp.linalg.solve`` for a dense curvature, else PCG (Jacobi when the operator
     has a diagonal) to relative residual ``cg_rtol`` within ``cg_max_iter`` iterations (FAIR's
-    solveLinearSystem: 0.1 and 500). Armijo: t0 = 1, halving, at most ``ls_max_trials`` trials,
-    sufficient-decrease constant ``ls_reduction``; failure gives ``LINE_SEARCH_FAILED`` and keeps
-    the last iterate.
+    solveLinearSystem for its matrix-free PCG solvers: 0.1 and 500). ``linear_solver``:
+    ``"pcg"`` (default) as just said, or ``"direct"``, FAIR's ``backslash`` (the solver of its
+    matrix-based regularisers and of every FAIR parametric registration): the Gauss–Newton
+    system is solved exactly, densely up to :data:`DIRECT_MAX` unknowns (a matrix-free operator
+    is formed column by column), beyond that by PCG to :data:`DIRECT_RTOL` within
+    max(``cg_max_iter``, unknowns) iterations. A truncated solve costs far less per iteration
+    and, from FAIR's defaults, ends within the stopping tolerances at the same minimiser;
+    ``"direct"`` reproduces FAIR's iterates.
+
+    Armijo: t0 = 1, halving, at most ``ls_max_trials`` trials, sufficient-decrease constant
+    ``ls_reduction``; failure gives ``LINE_SEARCH_FAILED`` and keeps the last iterate.
 
     ``x0``: 1-D array (float64 or float32), converted to the objective's backend.
     ``callback(record)`` receives each :class:`Record` (row 0 is the start); ``verbose`` prints
@@ -83,6 +98,7 @@ def gauss_newton(
         j_scale=j_scale,
         cg_rtol=cg_rtol,
         cg_max_iter=cg_max_iter,
+        linear_solver=linear_solver,
         ls_reduction=ls_reduction,
         ls_max_trials=ls_max_trials,
         callback=callback,
@@ -103,6 +119,7 @@ def newton(
     j_scale: float | None = None,
     cg_rtol: float = 0.1,
     cg_max_iter: int = 500,
+    linear_solver: str = "pcg",
     ls_reduction: float = 1e-4,
     ls_max_trials: int = 10,
     callback: Callable[[Record], Any] | None = None,
@@ -128,6 +145,7 @@ def newton(
         j_scale=j_scale,
         cg_rtol=cg_rtol,
         cg_max_iter=cg_max_iter,
+        linear_solver=linear_solver,
         ls_reduction=ls_reduction,
         ls_max_trials=ls_max_trials,
         callback=callback,
@@ -143,6 +161,7 @@ def _run(
     exact: bool,
     cg_rtol: float,
     cg_max_iter: int,
+    linear_solver: str,
     ls_reduction: float,
     ls_max_trials: int,
     **stopping: Any,
@@ -150,13 +169,19 @@ def _run(
     x, settings = _loop.prepare(objective, x0, **stopping)
     _options.nonnegative("cg_rtol", cg_rtol)
     _options.count("cg_max_iter", cg_max_iter, minimum=1)
+    _options.choice("linear_solver", linear_solver, LINEAR_SOLVERS)
+    if linear_solver == "direct":
+        cg_rtol, cg_max_iter = DIRECT_RTOL, max(cg_max_iter, int(x.shape[0]))
     _options.fraction("ls_reduction", ls_reduction)
     _options.count("ls_max_trials", ls_max_trials, minimum=1)
     bk = objective.bk
     curvature = objective.exact_hessian if exact else objective.hessian
 
     def step(x, fun, grad, grad_norm, state):
-        d, cg_iterations = _solve(bk, curvature(x), grad, cg_rtol, cg_max_iter)
+        H = curvature(x)
+        if linear_solver == "direct" and H.matrix is None and x.shape[0] <= DIRECT_MAX:
+            H = _formed(bk, H, x)
+        d, cg_iterations = _solve(bk, H, grad, cg_rtol, cg_max_iter)
         slope, d_norm = _loop.host(bk, _loop.compiled(bk, _loop.slope_and_norm)(grad, d))
         if not (math.isfinite(slope) and math.isfinite(d_norm)) or slope == 0:
             d, slope, d_norm = -grad, -(grad_norm**2), grad_norm
@@ -198,6 +223,19 @@ def _solve(
         # A singular H: NumPy raises LinAlgError (a ValueError) and torch a RuntimeError subclass,
         # while JAX returns non-finite values; all three end in the steepest-descent fallback.
         return bk.xp.full_like(grad, math.nan), 0
+
+
+def _formed(bk: Any, H: LinearOperator, x: Array) -> LinearOperator:
+    """The matrix of a matrix-free symmetric operator: its products with the unit vectors
+    (batched with the backend's vmap; one by one where the product cannot be batched)."""
+    xp = bk.xp
+    eye = xp.eye(x.shape[0], dtype=x.dtype, device=array_api_compat.device(x))
+    try:
+        rows = bk.vmap(H.matvec)(eye)  # row j is H e_j, column j of the symmetric H
+    except (RuntimeError, TypeError, ValueError, NotImplementedError):
+        # a product the backend cannot batch (e.g. host control flow inside it)
+        rows = xp.stack([H.matvec(eye[j, :]) for j in range(x.shape[0])])
+    return LinearOperator.from_matrix(0.5 * (rows + xp.matrix_transpose(rows)))
 
 
 def _newton_step(H: Array, grad: Array) -> Array:
