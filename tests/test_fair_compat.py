@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -19,7 +20,7 @@ from multireg import Domain, gridops, optimize, register
 from multireg.data import FAIR_EXAMPLES, blobs, fair_data_dir, load_fair
 from multireg.distances import MI, NGF, MIGaussNewton, distance, rescaled
 from multireg.metrics import fair_jacobian_determinant
-from multireg.optimize import LinearOperator, Objective
+from multireg.optimize import LinearOperator, Objective, Status
 
 # ------------------------------------------------------------------------------------- NGF
 
@@ -348,21 +349,33 @@ def test_bad_fair_options_are_refused_naming_them(option, value, error):
 # ----------------------------------------------------------------- FAIR's images (optional)
 
 
+FAIR_HANDS_MLIR = dict(
+    transform="nonparametric", regularizer="elastic", alpha=1e3, mu=1.0, lam=0.0, theta=1e-2,
+    levels=(3, 7), pre_registration="affine", max_iter=10,
+)  # E9_Hands_MLIR_SSD_mbElas  # fmt: skip
+
+
 @pytest.mark.fair_data
 @pytest.mark.slow
-def test_fair_compat_on_the_hands_elastic_mlir(ad_bk):
-    """FAIR's E9_Hands_MLIR_SSD_mbElas settings (backslash): with fair_compat the result stays
-    within the 1.4 % of D that the issue measured between multireg and FAIR, the FAIR
-    det counts no more folds than multireg's own, and every level converges or stops at
-    FAIR's maxIter. No FAIR elastic result ships with the data, so D is not compared with one."""
+def test_fair_compat_on_the_hands_elastic_mlir():
+    """FAIR's E9_Hands_MLIR_SSD_mbElas settings (matrix-based elastic: backslash).
+
+    Measured (torch): D = 25735.26 by default, 25372.53 with fair_compat (-1.41 %, the gap the
+    issue measured between multireg and FAIR), 23 s. No FAIR elastic result ships with the
+    data: give FAIR's final D in ``MULTIREG_FAIR_HANDS_ELASTIC_D`` to check that fair_compat
+    moves D towards it; without it only the size of the change is checked."""
     folder = fair_data_dir()
     if folder is None or not all((folder / f).is_file() for f in FAIR_EXAMPLES["hands"][:2]):
         pytest.skip("FAIR's hands images not found (set MULTIREG_FAIR_DATA to their folder)")
     pytest.importorskip("PIL")
+    pytest.importorskip("torch")
     T, R, domain = load_fair("hands", folder)
-    settings = dict(transform="nonparametric", regularizer="elastic", alpha=1e3, theta=1e-2,
-                    levels=(3, 6), max_iter=10, backend=ad_bk)  # fmt: skip
-    default = register(T, R, domain.omega, **settings)
-    fair = register(T, R, domain.omega, fair_compat=True, **settings)
-    assert abs(fair.distance - default.distance) <= 0.014 * default.distance
-    assert fair.folded_cells <= default.folded_cells
+    default = register(T, R, domain.omega, **FAIR_HANDS_MLIR, backend="torch")
+    fair = register(T, R, domain.omega, **FAIR_HANDS_MLIR, fair_compat=True, backend="torch")
+    assert fair.status is default.status is Status.CONVERGED
+    change = (fair.distance - default.distance) / default.distance
+    assert 1e-4 < abs(change) < 0.02
+    reference = os.environ.get("MULTIREG_FAIR_HANDS_ELASTIC_D")
+    if reference is not None:
+        d_fair = float(reference)
+        assert abs(fair.distance - d_fair) < abs(default.distance - d_fair)
