@@ -16,6 +16,7 @@ from multireg._backend import (
 )
 from multireg._cache import cache_dir, set_cache_dir
 from multireg.apply import Map, apply, transform_points  # the function shadows the module
+from multireg.batch import register_batch
 from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
 from multireg.homotopy import HomotopyResult, homotopy
@@ -75,6 +76,7 @@ __all__ = [
     "multilevel",
     "optimize",
     "register",
+    "register_batch",
     "register_many",
     "regularizer",
     "resolve_backend",
