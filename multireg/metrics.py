@@ -277,6 +277,7 @@ def jacobian_stats(
     kind: str = "displacement",
     units: str = "world",
     crop: int = 2,
+    det_method: str = "multireg",
 ) -> JacobianStats:
     """``det ∇y`` at the cell centres and its statistics (SDlogJ, % folded, min, max, mean).
 
@@ -293,8 +294,13 @@ def jacobian_stats(
 
     Some copies of Learn2Reg's 2021 script add 3 to the determinant before the log; that is not
     the log of the Jacobian and is not done here.
+
+    ``det_method="fair"``: FAIR's det ∇y instead (:func:`fair_jacobian_determinant` of the
+    cell-centred map: carried to the nodes, then the deformed cells' volumes), FAIR's count of
+    folded cells.
     """
     _checks.choice("kind", kind, ("displacement", "map"))
+    _checks.choice("det_method", det_method, ("multireg", "fair"))
     _checks.choice("units", units, ("world", "index"))
     if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 0:
         raise ValueError(f"crop must be a non-negative integer, got {crop!r}")
@@ -322,7 +328,10 @@ def jacobian_stats(
     if min(domain.m) < 2:
         raise ValueError(f"the grid needs at least 2 cells per axis, got {domain.m}")
     stacked = gridops.merge([y[..., k] for k in range(domain.dim)])
-    det = np.asarray(gridops.jacobian_determinant(stacked, domain, "cell-centered"))
+    if det_method == "fair":
+        det = fair_jacobian_determinant(stacked, domain, "cell-centered")
+    else:
+        det = np.asarray(gridops.jacobian_determinant(stacked, domain, "cell-centered"))
     if crop and min(domain.m) > 2 * crop:
         det = det[tuple(slice(crop, -crop) for _ in range(domain.dim))]
     logj = np.log(np.clip(det, *SDLOGJ_CLIP))

@@ -146,6 +146,25 @@ def test_jacobian_folding_and_sdlogj():
     assert st.sdlogj == pytest.approx(math.log(2) / 2)
 
 
+def test_jacobian_fair_det_method_by_hand():
+    """One cell of a 3×3 cell-centred map moved by 1.5 cells along x1: central differences
+    fold the cell after it (det 1 - 1.5); FAIR's nodal extension spreads the move over the
+    cell's corners, ±0.75 each, and the cell after it keeps det 1 - 0.75 (no fold)."""
+    dom = Domain((0.0, 3.0, 0.0, 3.0), (3, 3))
+    u = np.zeros((3, 3, 2))
+    u[1, 1, 0] = 1.5
+    own = jacobian_stats(u, domain=dom, crop=0)
+    fair = jacobian_stats(u, domain=dom, crop=0, det_method="fair")
+    expect_own, expect_fair = np.ones((3, 3)), np.ones((3, 3))
+    expect_own[0, 1], expect_own[2, 1] = 2.5, -0.5
+    expect_fair[0, 1], expect_fair[2, 1] = 1.75, 0.25
+    np.testing.assert_allclose(own.det, expect_own, atol=1e-15)
+    np.testing.assert_allclose(fair.det, expect_fair, atol=1e-15)
+    assert own.folded_percent == pytest.approx(100 / 9) and fair.folded_percent == 0.0
+    with pytest.raises(ValueError, match="det_method"):
+        jacobian_stats(u, domain=dom, det_method="nodal")
+
+
 def test_jacobian_of_a_displacement_map_object():
     u = np.zeros((8, 8, 2))
     u[..., 0] = 0.1 * DOMAIN.cell_centers().reshape(8, 8, 2)[..., 0]  # y1 = 1.1 x1
