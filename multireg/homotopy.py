@@ -159,6 +159,8 @@ _NO_LIMIT = 1e300
 # Inner CG of the corrector's and predictor's linear solves (matrix-free curvatures only, and
 # Steihaug's CG in the trust region): tight, so that the corrector converges quadratically.
 _CG_RTOL = 1e-8
+# Evaluations a path keeps (_Tracer.at): the corrector's current and trial iterates, the last point.
+_MEMO = 4
 # θ_max from the data: the least determined direction may keep no less than this fraction of its
 # information at θ_min (module docstring); grid of half decades from θ_min up to _THETA_CAP.
 THETA_INFORMATION = 1e-3
@@ -513,8 +515,6 @@ def _trace(
         points, trials, rejected, status, message = _follow_adaptive(
             tracer, w_start, schedule, predictor, **adaptive
         )
-    for pt in points:
-        pt["lam"] = tracer.min_eigenvalue(pt["w"], pt["data"])
     events = _events(tracer, points)
     last = points[-1]
     warped = tracer.kernels["warped"](last["w"], *last["data"][::2])
@@ -827,6 +827,10 @@ def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain) -> dict:
     def hessian(w, cT, Rc, x):
         return bk.hessian(lambda v: J(v, cT, Rc, x))(w)
 
+    def value_grad_hessian(w, cT, Rc, x):
+        """J, ∇J and ∇²J: what a Newton iteration needs at its iterate, in one call."""
+        return (*value_and_grad(w, cT, Rc, x), hessian(w, cT, Rc, x))
+
     def hvp(w, v, cT, Rc, x):
         return bk.hvp(lambda u: J(u, cT, Rc, x), w, v)
 
@@ -873,6 +877,7 @@ def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain) -> dict:
         J=jit(J),
         value_and_grad=jit(value_and_grad),
         hessian=jit(hessian),
+        value_grad_hessian=jit(value_grad_hessian),
         hvp=jit(hvp),
         gn_matrix=jit(gn_matrix),
         gn_matvec=jit(gn_matvec),
@@ -903,21 +908,56 @@ class _Tracer:
     callback: Any = None
     metric: np.ndarray | None = None
     timings: dict = field(default_factory=lambda: {"corrector": 0.0, "predictor": 0.0})
+    memo: list = field(default_factory=list)
+    """The last few evaluations, {w, cT, fun, grad, hessian}, most recent first (see ``at``)."""
+
+    def at(self, w: Any, data: tuple) -> dict:
+        """What was computed at (w, θ), keyed by the identity of the arrays w and cT (both
+        immutable; the entry keeps them alive). A corrected point's Hessian is needed three
+        times: by the corrector's last iteration, the tangent and λ_min; its gradient twice when
+        the prediction is already on the path. Each is computed once."""
+        for entry in self.memo:
+            if entry["w"] is w and entry["cT"] is data[0]:
+                return entry
+        entry = {"w": w, "cT": data[0]}
+        self.memo.insert(0, entry)
+        del self.memo[_MEMO:]
+        return entry
+
+    def value_and_grad(self, w: Any, data: tuple) -> tuple[Any, Any]:
+        entry = self.at(w, data)
+        if "grad" not in entry:
+            k = self.kernels
+            if self.dense and self.corrector != "gauss-newton":
+                # a Newton or trust-region step follows at every iterate that is not final, and
+                # at the final one the tangent and λ_min need the Hessian
+                entry["fun"], entry["grad"], entry["hessian"] = k["value_grad_hessian"](w, *data)
+            else:
+                entry["fun"], entry["grad"] = k["value_and_grad"](w, *data)
+        return entry["fun"], entry["grad"]
+
+    def exact_hessian(self, w: Any, data: tuple) -> Any:
+        entry = self.at(w, data)
+        if "hessian" not in entry:
+            entry["hessian"] = self.kernels["hessian"](w, *data)
+        return entry["hessian"]
 
     def min_eigenvalue(self, w: Any, data: tuple) -> float:
         """λ_min of (∇²_w J(w, θ), M) at the θ of ``data`` (NaN without dense Hessians)."""
         if not self.dense or self.metric is None:
             return math.nan
         started = time.perf_counter()
-        H = self.bk.to_numpy(self.kernels["hessian"](w, *data))
+        H = self.bk.to_numpy(self.exact_hessian(w, data))
         lam = _min_generalised_eigenvalue(H, self.metric) if np.all(np.isfinite(H)) else math.nan
         self.timings["folds"] = self.timings.get("folds", 0.0) + time.perf_counter() - started
         return lam
 
     def accepted(self, points: list) -> None:
-        """Report the newest point on the path to the user's callback (θ, J, iterations)."""
+        """λ_min at the newest point on the path (while its Hessian is at hand), and the report
+        to the user's callback (θ, J, iterations)."""
+        pt = points[-1]
+        pt["lam"] = self.min_eigenvalue(pt["w"], pt["data"])
         if self.callback is not None:
-            pt = points[-1]
             self.callback(pt["theta"], pt["result"].fun, pt["result"].iterations)
 
     def theta(self, value: float) -> Any:
@@ -935,7 +975,8 @@ class _Tracer:
         def curvature(name):
             def operator(w):
                 if self.dense:
-                    return LinearOperator.from_matrix(k[name](w, *data))
+                    H = self.exact_hessian(w, data) if name == "hessian" else k[name](w, *data)
+                    return LinearOperator.from_matrix(H)
                 matvec = "hvp" if name == "hessian" else "gn_matvec"
                 return LinearOperator(matvec=lambda v: k[matvec](w, v, *data))
 
@@ -944,7 +985,7 @@ class _Tracer:
         return Objective(
             bk=self.bk,
             value=lambda w: k["J"](w, *data),
-            value_and_grad=lambda w: k["value_and_grad"](w, *data),
+            value_and_grad=lambda w: self.value_and_grad(w, data),
             hessian=curvature("gn_matrix"),
             exact_hessian=curvature("hessian"),
             curvature="gauss-newton",
@@ -1027,8 +1068,9 @@ class _Tracer:
         name = "hessian" if self.hessian == "exact" else "gn_matrix"
         t = None
         if self.dense:
+            H = self.exact_hessian(w, data) if name == "hessian" else k[name](w, *data)
             try:
-                t, finite = k["solve"](k[name](w, *data), b)
+                t, finite = k["solve"](H, b)
                 t = t if bool(finite) else None
             except (ValueError, RuntimeError):  # singular H: torch raises, JAX returns NaN
                 t = None

@@ -317,6 +317,35 @@ def test_another_theta_range_compiles_nothing_on_jax():
     assert events == []
 
 
+def test_each_point_computes_its_hessian_once(monkeypatch):
+    """The corrector's last iterate, the tangent and λ_min need ∇²J at the same corrected point,
+    and a prediction already on the path needs ∇J there twice: each is computed once (issue 13.5:
+    on torch a Hessian is most of a Newton iteration). Counted per (w, θ), not timed."""
+    import sys
+
+    bk = _torch()
+    module = sys.modules["multireg.homotopy"]
+    hessians, gradients = [], []
+
+    def counted(*configuration):
+        kernels = dict(_kernels(*configuration))
+        for name in {"hessian", "value_grad_hessian", "value_and_grad"} & set(kernels):
+
+            def wrapped(w, cT, *rest, kernel=kernels[name], name=name):
+                key = (bk.to_numpy(w).tobytes(), bk.to_numpy(cT).tobytes())
+                (gradients if name == "value_and_grad" else hessians).append(key)
+                return kernel(w, cT, *rest)
+
+            kernels[name] = wrapped
+        return kernels
+
+    monkeypatch.setattr(module, "_kernels", counted)
+    res = _run(bk, thetas=THETAS)
+    assert res.success
+    assert len(hessians) == len(set(hessians)), (len(hessians), len(set(hessians)))
+    assert len(gradients) == len(set(gradients)), (len(gradients), len(set(gradients)))
+
+
 def test_single_scale_is_the_corrector_alone(ad_bk):
     res = _run(ad_bk, thetas=[0.01])
     assert len(res.path) == 1 and math.isnan(res.path[0].predictor_error)
