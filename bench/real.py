@@ -1,0 +1,827 @@
+"""Registrations on real images that need no download, multireg side by side with its peers.
+
+    python bench/real.py [--quick] [--cases NAME ...] [--methods NAME ...] [--threads N]
+                         [--one-mm] [--no-warm] [--no-figures] [--out PATH]
+
+Cases (issue 15, points 4 and 5); every one has a known truth:
+
+* ``mni3d-known``: nilearn's ICBM152 2009a T1 (shipped with nilearn, 2 mm; ``--one-mm`` for
+  1 mm) cropped to the head's bounding box, the reference made by warping it with a known smooth
+  map ``y*`` (a small affine: 4° rotation, 3 % scaling, 2 mm shift; plus a smooth random
+  displacement of at most 6 mm); labels from nilearn's grey/white-matter maps of the same
+  template (GM, WM: the larger probability where it exceeds 0.5) warped by the same ``y*``
+  (nearest neighbour). TRE: 300 random reference points in the brain, truth ``y*(x)``.
+* ``mni2d-known``: an axial slice of the same, with a 2-D known map.
+* ``stereo``: scikit-image's Middlebury motorcycle pair (left = reference R, right = template
+  T), grey, block-averaged 4×4 (125×185 cells, world unit = a pixel of the full image); truth
+  from the ground-truth disparity ``d`` (left pixel (r, c) is right pixel (r, c − d)), TRE
+  over 500 random pixels where the disparity is known (finite over the whole 4×4 block).
+* ``hands-landmarks``: FAIR's hands with landmarks, if ``$MULTIREG_FAIR_DATA/hands-LM.txt``
+  exists (4 columns: template x1 x2, reference x1 x2, FAIR's ``LM`` layout). FAIR's images ship
+  without it; the case then says so.
+* ``mni-cross``: a cross-template pair, if a second template is given as a NIfTI file in
+  ``$MULTIREG_TEMPLATE2`` (e.g. FSL's avg152T1); nilearn ships only the 2009a template and
+  nothing else needed here loads offline, so by default the case says so.
+
+Methods (one subprocess each, so that "cold" is a fresh process and the peak memory is the
+method's own): antspyx ``ants.registration`` with the presets ``"Affine"`` and ``"SyN"``
+(random_seed 1); itk-elastix with elastix's default parameter maps ``"affine"`` then
+``"bspline"``; DIPY's SymmetricDiffeomorphicRegistration (CC metric, radius 4, sigma_diff 2,
+level_iters [10, 10, 5]: DIPY's SyN tutorial setting); multireg affine, B-spline FFD, elastic and
+curvature (SSD, levels "auto", JAX and torch; settings in :data:`MULTIREG`, one for all cases).
+
+Every method's result becomes the displacement ``u = y(x) − x`` (world units, RAS) at the
+reference's cell centres, read back with :mod:`multireg.itk` where the peer writes files
+(ANTs' composed warp, elastix's deformation field) and by its own convention otherwise (DIPY's
+forward field on a world-aligned grid). ``conv`` checks that conversion: the largest difference
+between the peer's own warped template and multireg's warp of T through the converted field,
+relative to the intensity range (interpolators differ, so a few % is interpolation, 50 % a
+wrong convention). Then every method is scored by the same functions (:mod:`multireg.metrics`):
+Dice (mean over labels present in both) and HD95 (mm) of the template's labels warped by nearest
+neighbour against the reference's; TRE ``|y(x_i) − y*(x_i)|``; SDlogJ and % folded voxels of
+det ∇y (central differences, 2 cells cropped per side).
+
+Times: ``cold`` is the first registration in a fresh process including the import of the
+method's library (and JAX's compilation), ``warm`` a second registration in the same process;
+``MB`` the process's peak resident memory (``resource.getrusage``). Every library gets
+``--threads`` threads (default 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import OUT, table, write_report
+
+REPORT = "real"
+FIG_DIR = OUT / "real"
+
+MULTIREG = {
+    # one setting for every case (issue 15: "one setting for all cases, reported"); images are
+    # scaled to [0, 1] first. alpha chosen on mni2d-known (torch, float32) as the best TRE of
+    # elastic {1e-3: 0.17 mm, 1e-2: 0.15, 1e-1: 0.49} and curvature {1e-2: 0.48 (folds),
+    # 1e-1: 0.08, 1: 0.03}; the same values for every case.
+    "common": dict(distance="ssd", levels="auto", dtype="float32", image_model="spline"),
+    "affine": dict(transform="affine"),
+    "bspline": dict(transform="bspline", p_cells=8),  # a control point every 8 cells
+    "elastic": dict(transform="nonparametric", regularizer="elastic", alpha=1e-2, mu=1.0,
+                    lam=0.0, pre_registration="affine"),
+    "curvature": dict(transform="nonparametric", regularizer="curvature", alpha=1.0,
+                      pre_registration="affine"),
+}  # fmt: skip
+
+PEERS = ("ants-affine", "ants-syn", "elastix", "dipy-syn")
+OURS = tuple(
+    f"multireg-{kind}-{b}"
+    for kind in ("affine", "bspline", "elastic", "curvature")
+    for b in ("jax", "torch")
+)
+METHODS = PEERS + OURS
+CASES = ("mni3d-known", "mni2d-known", "stereo", "hands-landmarks", "mni-cross")
+COLUMNS = (
+    "case", "method", "status", "cold", "warm", "MB", "Dice", "HD95", "TRE", "TRE max",
+    "SDlogJ", "% folded", "conv",
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Case:
+    """A registration problem with its truth. ``T`` is moved onto ``R``; ``omega``/``m`` their
+    common grid (world units ``unit``); ``labels_T``/``labels_R`` integer maps or None;
+    ``points_R`` reference points (world) whose true template points are ``points_T``."""
+
+    name: str
+    T: np.ndarray
+    R: np.ndarray
+    omega: tuple
+    unit: str
+    labels_T: np.ndarray | None = None
+    labels_R: np.ndarray | None = None
+    points_R: np.ndarray | None = None
+    points_T: np.ndarray | None = None
+    note: str = ""
+    meta: dict = field(default_factory=dict)
+    u_true: np.ndarray | None = None
+    """The true displacement ``y* − x`` at the cell centres (world), where known everywhere."""
+
+    @property
+    def domain(self):
+        from multireg import Domain
+
+        return Domain(self.omega, self.T.shape)
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo)
+
+
+def _nifti_grid(img) -> tuple[np.ndarray, tuple, np.ndarray]:
+    """Data and omega of an axis-aligned NIfTI image with a positive diagonal affine (RAS)."""
+    aff = np.asarray(img.affine)
+    h = np.diag(aff)[:3]
+    if np.any(h <= 0) or np.max(np.abs(aff[:3, :3] - np.diag(h))) > 1e-6:
+        raise ValueError("expected an axis-aligned RAS grid")
+    data = np.asarray(img.get_fdata(), dtype=np.float64)
+    lower = aff[:3, 3] - h / 2
+    omega = tuple(float(v) for a, hk, mk in zip(lower, h, data.shape) for v in (a, a + mk * hk))
+    return data, omega, h
+
+
+def _crop(arrays, mask, margin):
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return [a[sl] for a in arrays], lo, hi
+
+
+def known_map(domain, rng, *, rotation_deg, scale, shift, amp, coarse=4):
+    """A smooth invertible map ``y*(x) = c + A (x − c) + b + u(x)`` as a callable on world points
+    (n, d) and the displacement ``u`` at the cell centres: A rotates in the (x1, x2) plane and
+    scales, ``u`` is a random field on a ``coarse``^d grid, cubic-upsampled, scaled to ``amp``
+    world units at most."""
+    from scipy.ndimage import map_coordinates
+
+    d = domain.dim
+    c = np.asarray([(domain.omega[2 * k] + domain.omega[2 * k + 1]) / 2 for k in range(d)])
+    phi = math.radians(rotation_deg)
+    A = np.eye(d) * scale
+    A[:2, :2] = scale * np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
+    b = np.asarray(shift[:d], dtype=np.float64)
+    coeff = rng.standard_normal((d, *([coarse] * d)))
+    coeff = amp * coeff / np.max(np.abs(coeff))
+    lower, h = np.asarray(domain.lower), np.asarray(domain.h)
+    extent = np.asarray(domain.m) * h
+
+    def u_at(x):
+        # the coarse grid spans the domain; cubic spline through its values (order=3)
+        q = ((x - lower) / extent * (coarse - 1)).T
+        parts = [map_coordinates(coeff[k], q, order=3, mode="nearest") for k in range(d)]
+        return np.stack(parts, 1)
+
+    def y_star(x):
+        x = np.asarray(x, dtype=np.float64)
+        return c + (x - c) @ A.T + b + u_at(x)
+
+    return y_star
+
+
+def _warped_case(name, image, labels, brain, omega, unit, rng, *, amp, note, n_points=300):
+    """Reference = the image (and labels) warped by a known map; template = the image."""
+    from multireg import Domain
+    from multireg.apply import sample
+    from multireg.metrics import jacobian_stats
+
+    domain = Domain(omega, image.shape)
+    y_star = known_map(domain, rng, rotation_deg=4.0, scale=1.03, shift=(2.0, -1.5, 1.0), amp=amp)
+    x = domain.cell_centers()
+    y = y_star(x)
+    R = np.clip(sample(image, domain, y, order="cubic"), 0, None).reshape(domain.m)
+    labels_R = sample(labels, domain, y, order="nearest").reshape(domain.m)
+    inside = np.flatnonzero(sample(brain, domain, y, order="nearest") > 0)
+    pick = rng.choice(inside, size=min(n_points, inside.size), replace=False)
+    jac = jacobian_stats((y - x).reshape(*domain.m, domain.dim), domain=domain)
+    meta = {"true det range": [jac.det_min, jac.det_max], "max |u*| (world)": amp}
+    return Case(
+        name, image, R, omega, unit, labels, labels_R, x[pick], y[pick], note, meta,
+        u_true=(y - x).reshape(*domain.m, domain.dim),
+    )  # fmt: skip
+
+
+def _mni(resolution):
+    from nilearn import datasets
+
+    t1 = datasets.load_mni152_template(resolution=resolution)
+    gm = datasets.load_mni152_gm_template(resolution=resolution)
+    wm = datasets.load_mni152_wm_template(resolution=resolution)
+    T, omega, h = _nifti_grid(t1)
+    G, W = (np.asarray(im.get_fdata(), dtype=np.float64) for im in (gm, wm))
+    labels = np.where((G >= W) & (G > 0.5), 1, np.where((W > G) & (W > 0.5), 2, 0))
+    return _normalise(T), labels.astype(np.int16), omega, h
+
+
+def _subgrid(arrays, lower, h, quick):
+    """Every other voxel with ``quick`` (centres of the new grid at the old even centres)."""
+    if quick:
+        arrays = [a[(slice(None, None, 2),) * a.ndim] for a in arrays]
+        lower, h = lower - h / 2, 2 * h
+    m = arrays[0].shape
+    omega = tuple(float(v) for ak, hk, mk in zip(lower, h, m) for v in (ak, ak + mk * hk))
+    return arrays, omega, h
+
+
+def case_mni3d(quick, one_mm):
+    rng = np.random.default_rng(15)
+    T, labels, omega, h = _mni(1 if one_mm else 2)
+    (T, labels), lo, _ = _crop([T, labels], T > 0.05, margin=2)
+    (T, labels), omega, h = _subgrid([T, labels], np.asarray(omega[::2]) + lo * h, h, quick)
+    return _warped_case(
+        "mni3d-known", T, labels, labels > 0, omega, "mm", rng, amp=6.0,
+        note=f"ICBM152 2009a T1 at {h[0]:g} mm, cropped to the head, warped by a known map",
+    )  # fmt: skip
+
+
+def case_mni2d(quick, one_mm):
+    rng = np.random.default_rng(16)
+    T, labels, omega, h = _mni(1 if one_mm else 2)
+    k = round((10.0 - omega[4]) / h[2] - 0.5)  # the axial slice at z ≈ 10 mm
+    T, labels = T[:, :, k], labels[:, :, k]
+    (T, labels), lo, _ = _crop([T, labels], T > 0.05, margin=2)
+    (T, labels), omega, h = _subgrid(
+        [T, labels], np.asarray(omega[:4:2]) + lo * h[:2], h[:2], quick
+    )
+    return _warped_case(
+        "mni2d-known", _normalise(T), labels, labels > 0, omega, "mm", rng, amp=6.0,
+        note=f"axial slice (z ≈ 10 mm) of the ICBM152 2009a T1 at {h[0]:g} mm, known map",
+    )  # fmt: skip
+
+
+def case_stereo(quick, one_mm):
+    from skimage import color, data
+
+    left, right, disp = data.stereo_motorcycle()
+    f = 8 if quick else 4
+    gl, gr = color.rgb2gray(left), color.rgb2gray(right)
+    r, c = (s // f * f for s in gl.shape)
+
+    def block(a):
+        return a[:r, :c].reshape(r // f, f, c // f, f).mean(axis=(1, 3))
+
+    R, T, D = block(gl), block(gr), block(disp)  # D is inf where any pixel of a block is
+    omega = (0.0, float(r), 0.0, float(c))
+    from multireg import Domain
+
+    domain = Domain(omega, R.shape)
+    x = domain.cell_centers()
+    valid = np.flatnonzero(np.isfinite(D).ravel())
+    rng = np.random.default_rng(17)
+    pick = rng.choice(valid, size=min(500, valid.size), replace=False)
+    z = x[pick] - np.stack([np.zeros(pick.size), D.ravel()[pick]], 1)
+    return Case(
+        "stereo", _normalise(T), _normalise(R), omega, "px", points_R=x[pick], points_T=z,
+        note=f"Middlebury motorcycle (scikit-image), grey, {f}×{f} blocks; truth: disparity",
+        meta={"disparity px (median)": float(np.median(D[np.isfinite(D)]))},
+    )  # fmt: skip
+
+
+def case_hands(quick, one_mm):
+    from multireg.data import fair_data_dir, load_fair
+
+    folder = fair_data_dir()
+    lm = None if folder is None else folder / "hands-LM.txt"
+    if lm is None or not lm.exists():
+        return f"no landmark file ({'MULTIREG_FAIR_DATA unset' if folder is None else lm})"
+    T, R, domain = load_fair("hands", folder)
+    LM = np.loadtxt(lm)
+    return Case(
+        "hands-landmarks", _normalise(T), _normalise(R), domain.omega, "FAIR units",
+        points_R=LM[:, 2:4], points_T=LM[:, 0:2], note="FAIR hands, landmarks from hands-LM.txt",
+    )  # fmt: skip
+
+
+def case_cross(quick, one_mm):
+    path = os.environ.get("MULTIREG_TEMPLATE2")
+    if not path:
+        return (
+            "no second template offline: nilearn ships only ICBM152 2009a; set "
+            "MULTIREG_TEMPLATE2 to a NIfTI template (e.g. FSL avg152T1) to run it"
+        )
+    import nibabel as nib
+    from nilearn.image import resample_to_img
+
+    T, _, omega, _ = _mni(1 if one_mm else 2)
+    from nilearn import datasets
+
+    ref = datasets.load_mni152_template(resolution=1 if one_mm else 2)
+    other = resample_to_img(nib.load(path), ref, interpolation="continuous")
+    R = _normalise(np.asarray(other.get_fdata()))
+    return Case(
+        "mni-cross", T, R, omega, "mm", note=f"ICBM152 2009a onto {Path(path).name} (no labels)"
+    )
+
+
+BUILDERS = {
+    "mni3d-known": case_mni3d,
+    "mni2d-known": case_mni2d,
+    "stereo": case_stereo,
+    "hands-landmarks": case_hands,
+    "mni-cross": case_cross,
+}
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+def _threads_env(n: int) -> None:
+    for var in (
+        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MULTIREG_THREADS",
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "NUMBA_NUM_THREADS",
+    ):  # fmt: skip
+        os.environ[var] = str(n)
+
+
+class Method:
+    """``setup()`` imports the library (timed with the first run), ``run(T, R, domain)``
+    registers T onto R and returns a handle, ``field(handle)`` the displacement u = y − x at
+    the cell centres (world, RAS, shape (*m, d)), ``warped(handle)`` the method's own T(y)."""
+
+    preset = ""
+
+    def setup(self, threads: int) -> None: ...
+
+
+class MultiregMethod(Method):
+    def __init__(self, kind: str, backend: str):
+        self.kind, self.backend = kind, backend
+        s = {k: v for k, v in MULTIREG[kind].items() if k != "p_cells"}
+        self.options = {**MULTIREG["common"], **s}
+        self.preset = ", ".join(f"{k}={v}" for k, v in self.options.items())
+
+    def setup(self, threads):
+        import multireg
+
+        multireg.get_backend(self.backend)  # imports the framework
+
+    def run(self, T, R, domain):
+        import multireg
+
+        opts = dict(self.options)
+        if self.kind == "bspline":
+            opts["p"] = tuple(max(2, mk // MULTIREG["bspline"]["p_cells"]) for mk in domain.m)
+        return multireg.register(T, R, domain.omega, backend=self.backend, **opts)
+
+    def field(self, res, domain):
+        from multireg.apply import as_map
+
+        x = domain.cell_centers()
+        return (as_map(res)(x) - x).reshape(*domain.m, domain.dim)
+
+    def warped(self, res, domain):
+        from multireg._checks import to_host
+
+        return np.asarray(to_host(res.warped), dtype=np.float64)
+
+    def status(self, res):
+        return res.status.name.lower()
+
+
+def _ants_image(a, domain):
+    import ants
+
+    from multireg.itk import to_sitk
+
+    ref = to_sitk(np.zeros(domain.m, np.float32), domain)
+    return ants.from_numpy(
+        np.asarray(a, np.float32), origin=ref.GetOrigin(), spacing=ref.GetSpacing(),
+        direction=np.asarray(ref.GetDirection()).reshape(domain.dim, domain.dim),
+    )  # fmt: skip
+
+
+class AntsMethod(Method):
+    def __init__(self, preset):
+        self.preset = f'ants.registration(type_of_transform="{preset}", random_seed=1)'
+        self.name = preset
+
+    def setup(self, threads):
+        import ants  # noqa: F401
+
+    def run(self, T, R, domain):
+        import ants
+
+        fixed, moving = _ants_image(R, domain), _ants_image(T, domain)
+        reg = ants.registration(
+            fixed, moving, type_of_transform=self.name, random_seed=1, verbose=False
+        )
+        return fixed, moving, reg
+
+    def field(self, handle, domain):
+        import ants
+
+        from multireg.itk import read_displacement
+
+        fixed, moving, reg = handle
+        with tempfile.TemporaryDirectory() as tmp:
+            path = ants.apply_transforms(
+                fixed, moving, transformlist=reg["fwdtransforms"], compose=f"{tmp}/c"
+            )
+            mp = read_displacement(path)
+            x = domain.cell_centers()
+            return (mp(x) - x).reshape(*domain.m, domain.dim)
+
+    def warped(self, handle, domain):
+        return np.asarray(handle[2]["warpedmovout"].numpy(), dtype=np.float64)
+
+    def status(self, handle):
+        return "done"
+
+
+def _itk_image(a, domain):
+    import itk
+
+    from multireg.itk import to_sitk
+
+    ref = to_sitk(np.zeros(domain.m, np.float32), domain)
+    img = itk.image_view_from_array(np.ascontiguousarray(np.asarray(a, np.float32).T))
+    img.SetOrigin(ref.GetOrigin())
+    img.SetSpacing(ref.GetSpacing())
+    img.SetDirection(np.asarray(ref.GetDirection()).reshape(domain.dim, domain.dim))
+    return img
+
+
+class ElastixMethod(Method):
+    preset = 'itk-elastix default parameter maps "affine" + "bspline"'
+
+    def setup(self, threads):
+        import itk
+
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
+        self.threads = threads
+
+    def run(self, T, R, domain):
+        import itk
+
+        fixed, moving = _itk_image(R, domain), _itk_image(T, domain)
+        po = itk.ParameterObject.New()
+        po.AddParameterMap(po.GetDefaultParameterMap("affine"))
+        po.AddParameterMap(po.GetDefaultParameterMap("bspline"))
+        out, params = itk.elastix_registration_method(
+            fixed, moving, parameter_object=po, log_to_console=False,
+            number_of_threads=self.threads,
+        )  # fmt: skip
+        return fixed, moving, out, params
+
+    def field(self, handle, domain):
+        import itk
+
+        from multireg.itk import read_displacement
+
+        _, moving, _, params = handle
+        df = itk.transformix_deformation_field(moving, params)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = f"{tmp}/field.nii.gz"
+            itk.imwrite(df, path)
+            mp = read_displacement(path)
+            x = domain.cell_centers()
+            return (mp(x) - x).reshape(*domain.m, domain.dim)
+
+    def warped(self, handle, domain):
+        import itk
+
+        return np.asarray(itk.array_from_image(handle[2]), dtype=np.float64).T
+
+    def status(self, handle):
+        return "done"
+
+
+class DipyMethod(Method):
+    preset = "SymmetricDiffeomorphicRegistration(CCMetric(d, sigma_diff=2, radius=4), [10, 10, 5])"
+
+    def setup(self, threads):
+        from dipy.align import imwarp  # noqa: F401
+
+    def run(self, T, R, domain):
+        from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+        from dipy.align.metrics import CCMetric
+
+        d = domain.dim
+        aff = np.eye(d + 1)
+        aff[:d, :d] = np.diag(domain.h)
+        aff[:d, d] = np.asarray(domain.lower) + np.asarray(domain.h) / 2  # RAS world = ours
+        sdr = SymmetricDiffeomorphicRegistration(
+            CCMetric(d, sigma_diff=2.0, radius=4), level_iters=[10, 10, 5]
+        )
+        mapping = sdr.optimize(R, T, static_grid2world=aff, moving_grid2world=aff)
+        return mapping, T
+
+    def field(self, handle, domain):
+        # with world-aligned grids and no pre-alignment, y(x) = x + forward(x) in world units
+        return np.asarray(handle[0].get_forward_field(), dtype=np.float64)
+
+    def warped(self, handle, domain):
+        return np.asarray(handle[0].transform(handle[1]), dtype=np.float64)
+
+    def status(self, handle):
+        return "done"
+
+
+def make_method(name: str) -> Method:
+    if name == "ants-affine":
+        return AntsMethod("Affine")
+    if name == "ants-syn":
+        return AntsMethod("SyN")
+    if name == "elastix":
+        return ElastixMethod()
+    if name == "dipy-syn":
+        return DipyMethod()
+    _, kind, backend = name.split("-")
+    return MultiregMethod(kind, backend)
+
+
+def worker(case_file: str, name: str, out_file: str, threads: int, warm: bool) -> int:
+    """One method on one case in this (fresh) process; writes the field and the timings."""
+    _threads_env(threads)
+    from multireg import Domain
+
+    with np.load(case_file) as z:
+        T, R, omega = z["T"], z["R"], tuple(z["omega"])
+    domain = Domain(omega, T.shape)
+    info: dict = {"method": name}
+    try:
+        method = make_method(name)
+        info["preset"] = method.preset
+        t0 = time.perf_counter()
+        method.setup(threads)
+        handle = method.run(T, R, domain)
+        info["cold"] = time.perf_counter() - t0
+        if warm:
+            t0 = time.perf_counter()
+            handle = method.run(T, R, domain)
+            info["warm"] = time.perf_counter() - t0
+        info["status"] = method.status(handle)
+        u = method.field(handle, domain)
+        own = method.warped(handle, domain)
+        info["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        np.savez(out_file, u=u, own=own)
+    except Exception as err:  # a peer that fails is reported, not fatal
+        info["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        info["traceback"] = traceback.format_exc()
+    Path(out_file).with_suffix(".json").write_text(json.dumps(info))
+    return 0
+
+
+# --------------------------------------------------------------------------------- scoring
+
+
+def score(case: Case, u: np.ndarray, own: np.ndarray | None) -> dict:
+    """Every metric of one method's displacement ``u`` on ``case`` (multireg.metrics)."""
+    from multireg.apply import Map, apply
+    from multireg.metrics import dice, hd95, jacobian_stats, tre
+
+    domain = case.domain
+    mp = Map(domain, displacement=u)
+    out: dict = {}
+    if case.labels_T is not None:
+        warped_labels = apply(mp, case.labels_T, order="nearest")
+        out["dice"] = dice(warped_labels, case.labels_R).mean
+        out["hd95"] = hd95(warped_labels, case.labels_R, spacing=domain).mean
+    if case.points_R is not None:
+        e = tre(case.points_R, case.points_T, transform=mp)
+        out["tre"], out["tre_max"] = e.mean, e.max
+    jac = jacobian_stats(mp)
+    out["sdlogj"], out["folded"], out["det"] = jac.sdlogj, jac.folded_percent, jac.det
+    warped = apply(mp, case.T, order="linear")
+    out["warped"] = warped
+    if own is not None and own.shape == warped.shape:
+        # the interior only: at the border the libraries' outside rules differ
+        inner = tuple(slice(3, -3) for _ in range(domain.dim))
+        rng = float(np.ptp(case.T))
+        out["conv"] = float(np.max(np.abs(own - warped)[inner]) / rng)
+    return out
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def _slice(a: np.ndarray) -> np.ndarray:
+    return a[:, :, a.shape[2] // 2] if a.ndim == 3 else a
+
+
+def figure(case: Case, rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if "warped" in r]
+    n = len(done) + 1
+    fig, axes = plt.subplots(n, 3, figsize=(9, 2.6 * n), squeeze=False)
+    R = _slice(case.R)
+
+    def show(ax, img, title, **kw):
+        ax.imshow(img.T, origin="lower", **kw)
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+
+    def checker(A, B, tiles=8):
+        i, j = np.indices(A.shape)
+        mask = ((i * tiles // A.shape[0]) + (j * tiles // A.shape[1])) % 2 == 0
+        return np.where(mask, A, B)
+
+    show(axes[0, 0], checker(_slice(case.T), R), "T | R checkerboard (identity)", cmap="gray")
+    show(axes[0, 1], R, "R with its label contours", cmap="gray")
+    if case.labels_R is not None:
+        axes[0, 1].contour(_slice(case.labels_R).T, levels=[0.5, 1.5], colors=["y", "c"],
+                           linewidths=0.6)  # fmt: skip
+    axes[0, 2].set_axis_off()
+    for k, r in enumerate(done, start=1):
+        W = _slice(r["warped"])
+        show(axes[k, 0], checker(W, R), f"{r['method']}: T(y) | R", cmap="gray")
+        show(axes[k, 1], W, "T(y), R's label contours", cmap="gray")
+        if case.labels_R is not None:
+            axes[k, 1].contour(_slice(case.labels_R).T, levels=[0.5, 1.5], colors=["y", "c"],
+                               linewidths=0.6)  # fmt: skip
+        det = _slice(np.pad(r["det"], 2, mode="edge")) if r["det"].ndim == 2 else None
+        if det is None:
+            full = r["det"]
+            det = full[:, :, full.shape[2] // 2]
+        im = axes[k, 2].imshow(det.T, origin="lower", cmap="RdBu_r", vmin=0, vmax=2)
+        axes[k, 2].set_title(f"det ∇y (min {r['det'].min():.2f})", fontsize=8)
+        axes[k, 2].set_axis_off()
+        fig.colorbar(im, ax=axes[k, 2], fraction=0.04)
+    fig.suptitle(f"{case.name}: {case.note}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def _fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def run_case(case: Case, methods, args, tmp: Path, progress) -> list[dict]:
+    case_file = tmp / f"{case.name}.npz"
+    np.savez(case_file, T=case.T.astype(np.float32), R=case.R.astype(np.float32),
+             omega=np.asarray(case.omega))  # fmt: skip
+    rows = []
+    zero = np.zeros((*case.domain.m, case.domain.dim))
+    rows.append({"case": case.name, "method": "identity", "status": "reference",
+                 **score(case, zero, None)})  # fmt: skip
+    if case.u_true is not None:
+        rows.append({"case": case.name, "method": "truth", "status": "reference",
+                     **score(case, case.u_true, None)})  # fmt: skip
+    for i, name in enumerate(methods, 1):
+        progress(f"  [{case.name}] {i}/{len(methods)} {name} ...")
+        out = tmp / f"{case.name}-{name}.npz"
+        cmd = [sys.executable, __file__, "--worker", str(case_file), name, str(out),
+               "--threads", str(args.threads)]  # fmt: skip
+        if not args.no_warm and (args.warm_peers or name.startswith("multireg")):
+            cmd.append("--warm")
+        t0 = time.perf_counter()
+        try:
+            # in the temporary folder: transformix writes deformationField.nii into the cwd
+            subprocess.run(cmd, check=False, timeout=args.timeout, cwd=tmp,
+                           capture_output=not args.verbose)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            pass
+        info_file = out.with_suffix(".json")
+        info = json.loads(info_file.read_text()) if info_file.exists() else {
+            "status": f"failed: no result within {args.timeout} s" if time.perf_counter() - t0
+            >= args.timeout else "failed: the worker died (see --verbose)"
+        }  # fmt: skip
+        row = {"case": case.name, "method": name, **info}
+        if out.exists():
+            with np.load(out) as z:
+                row.update(score(case, z["u"], z["own"]))
+        rows.append(row)
+        progress(
+            f"  [{case.name}] {name}: {row['status']}, cold {_fmt(row.get('cold'))} s, "
+            f"Dice {_fmt(row.get('dice'))}, TRE {_fmt(row.get('tre'))} {case.unit}"
+        )
+    return rows
+
+
+def markdown(cases, skipped, rows, args) -> str:
+    lines = [
+        "# Real images, known truth: multireg and its peers",
+        "",
+        f"`python bench/real.py{' --quick' if args.quick else ''}"
+        f"{' --one-mm' if args.one_mm else ''} --threads {args.threads}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+        f"{args.threads} thread(s) per library). Times in s; MB: peak resident memory of the "
+        "method's process; Dice: mean over labels present in both (GM, WM); HD95 and TRE in "
+        "the case's world units; SDlogJ and % folded from det ∇y (2 cells cropped); conv: max "
+        "|peer's own warped T − multireg's warp through the converted field| / range of T "
+        "(interior), the check of the field's convention. `identity` scores no registration, "
+        "`truth` the known map itself (its labels are the reference's by construction).",
+        "",
+        "## Cases",
+        "",
+    ]
+    for c in cases:
+        meta = "; ".join(f"{k} {_fmt(v) if not isinstance(v, list) else v}"
+                         for k, v in c.meta.items())  # fmt: skip
+        lines.append(f"* `{c.name}`: {c.note}; grid {c.T.shape}, unit {c.unit}. {meta}")
+    for name, why in skipped:
+        lines.append(f"* `{name}`: not run: {why}")
+    lines += ["", "## Methods", ""]
+    presets = {}
+    for r in rows:
+        if r.get("preset"):
+            presets[r["method"]] = r["preset"]
+    for k, v in presets.items():
+        lines.append(f"* `{k}`: {v}")
+    lines += ["", "## Results", ""]
+    unit = {c.name: c.unit for c in cases}
+    table_rows = []
+    for r in rows:
+        table_rows.append({
+            "case": r["case"], "method": r["method"],
+            "status": r.get("status", "")[:60],
+            "cold": _fmt(r.get("cold")), "warm": _fmt(r.get("warm")),
+            "MB": _fmt(r.get("max_rss_mb"), 4), "Dice": _fmt(r.get("dice")),
+            "HD95": _fmt(r.get("hd95")), "TRE": _fmt(r.get("tre")),
+            "TRE max": _fmt(r.get("tre_max")), "SDlogJ": _fmt(r.get("sdlogj")),
+            "% folded": _fmt(r.get("folded")), "conv": _fmt(r.get("conv"), 2),
+        })  # fmt: skip
+    lines.append(table(table_rows, COLUMNS))
+    lines += ["", "Units of HD95/TRE per case: " + ", ".join(f"{k} {v}" for k, v in unit.items())]
+    failed = [r for r in rows if str(r.get("status", "")).startswith("failed")]
+    if failed:
+        lines += ["", "## Failures", ""]
+        lines += [f"* `{r['case']}` / `{r['method']}`: {r['status']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="half-resolution images, no warm runs")
+    p.add_argument("--cases", nargs="+", choices=CASES, default=None)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=None)
+    p.add_argument("--threads", type=int, default=1, help="threads for every library (default 1)")
+    p.add_argument("--one-mm", action="store_true", help="the MNI cases at 1 mm (slow)")
+    p.add_argument("--no-warm", action="store_true", help="skip the warm (second) run")
+    p.add_argument(
+        "--no-warm-peers", dest="warm_peers", action="store_false",
+        help="warm runs for multireg only (the peers compile nothing: their warm run repeats "
+        "the cold one less the import)",
+    )  # fmt: skip
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per method and case")
+    p.add_argument("--out", default=None, help="report path (default bench/out/real.md)")
+    p.add_argument("--verbose", action="store_true", help="show the workers' output")
+    p.add_argument("--worker", nargs=3, metavar=("CASE", "METHOD", "OUT"), help=argparse.SUPPRESS)
+    p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        return worker(*args.worker, args.threads, args.warm)
+    if args.quick:
+        args.no_warm = True
+    _threads_env(args.threads)
+
+    def progress(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    names = args.cases or list(CASES)
+    methods = args.methods or list(METHODS)
+    cases, skipped, rows = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(names, 1):
+            progress(f"case {i}/{len(names)}: {name}")
+            try:
+                case = BUILDERS[name](args.quick, args.one_mm)
+            except Exception as err:
+                case = f"could not load: {type(err).__name__}: {err}"
+            if isinstance(case, str):
+                skipped.append((name, case))
+                progress(f"  not run: {case}")
+                continue
+            cases.append(case)
+            case_rows = run_case(case, methods, args, Path(tmp), progress)
+            rows += case_rows
+            if not args.no_figures:
+                figure(case, case_rows, FIG_DIR / f"{case.name}.png")
+    text = markdown(cases, skipped, rows, args)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        write_report(REPORT + ("-quick" if args.quick else ""), text)
+    print(text)
+    return {"cases": cases, "skipped": skipped, "rows": rows, "markdown": text}
+
+
+if __name__ == "__main__":
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)
