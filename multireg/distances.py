@@ -223,17 +223,7 @@ class MI(_Composed):
     range_R: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("bins_T", "bins_R"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if value < 4:
-                raise ValueError(f"{name} must be at least 4 (guard bins included), got {value}")
-            object.__setattr__(self, name, int(value))
-        for name in ("range_T", "range_R"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, _interval(name, value))
+        _check_histogram(self, 4, " (guard bins included)")
 
     def residual(self, Tc: Any, Rc: Any, domain: Domain) -> Any:
         xp = _check_images(Tc, Rc, domain)
@@ -242,10 +232,7 @@ class MI(_Composed):
     def outer(self, r: Any, Rc: Any, domain: Domain) -> Any:
         xp = _check_residual(r, Rc, domain)
         R = xp.reshape(Rc, (-1,))
-        lo, hi = xp.min(R), xp.max(R)
-        data_range = (lo, xp.where(hi > lo, hi, lo + 1.0))
-        range_T = self.range_T if self.range_T is not None else data_range
-        range_R = self.range_R if self.range_R is not None else data_range
+        range_T, range_R = _ranges(xp, self, R)
         W_T = _parzen(xp, r, *range_T, self.bins_T)
         W_R = _parzen(xp, R, *range_R, self.bins_R)
         joint = xp.matmul(xp.matrix_transpose(W_T), W_R)
@@ -300,17 +287,7 @@ class MIGaussNewton(_Composed):
     range_R: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("bins_T", "bins_R"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
-            object.__setattr__(self, name, int(value))
-        for name in ("range_T", "range_R"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, _interval(name, value))
+        _check_histogram(self, 1, "")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -320,10 +297,7 @@ class MIGaussNewton(_Composed):
     def residual(self, Tc: Any, Rc: Any, domain: Domain) -> Any:
         xp = _check_images(Tc, Rc, domain)
         T, R = xp.reshape(Tc, (-1,)), xp.reshape(Rc, (-1,))
-        lo, hi = xp.min(R), xp.max(R)
-        data_range = (lo, xp.where(hi > lo, hi, lo + 1.0))
-        range_T = self.range_T if self.range_T is not None else data_range
-        range_R = self.range_R if self.range_R is not None else data_range
+        range_T, range_R = _ranges(xp, self, R)
         W_T = _parzen_fair(xp, T, *range_T, self.bins_T)
         W_R = _parzen_fair(xp, R, *range_R, self.bins_R)
         joint = xp.matmul(xp.matrix_transpose(W_T), W_R) / domain.n
@@ -477,6 +451,31 @@ def _gradient(xp: Any, f: Any, h: tuple[float, ...], ends: float = 1.0) -> list[
         pieces.append((part(-1, None) - part(-2, -1)) / ends)
         grads.append(xp.concat(pieces, axis=k) / hk)
     return grads
+
+
+def _check_histogram(dist: Any, minimum: int, note: str) -> None:
+    """Validate and normalise the bin counts and ranges of a histogram distance."""
+    for name in ("bins_T", "bins_R"):
+        value = getattr(dist, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}{note}, got {value}")
+        object.__setattr__(dist, name, int(value))
+    for name in ("range_T", "range_R"):
+        value = getattr(dist, name)
+        if value is not None:
+            object.__setattr__(dist, name, _interval(name, value))
+
+
+def _ranges(xp: Any, dist: Any, R: Any) -> tuple[Any, Any]:
+    """The intensity ranges of T and R: those given, else [min R, max R] (width 1 if R is
+    constant)."""
+    lo, hi = xp.min(R), xp.max(R)
+    data_range = (lo, xp.where(hi > lo, hi, lo + 1.0))
+    range_T = dist.range_T if dist.range_T is not None else data_range
+    range_R = dist.range_R if dist.range_R is not None else data_range
+    return range_T, range_R
 
 
 def _parzen(xp: Any, v: Any, lo: Any, hi: Any, bins: int) -> Any:

@@ -21,6 +21,7 @@ from multireg.data import FAIR_EXAMPLES, blobs, fair_data_dir, load_fair
 from multireg.distances import MI, NGF, MIGaussNewton, distance, rescaled
 from multireg.metrics import fair_jacobian_determinant
 from multireg.optimize import LinearOperator, Objective, Status
+from multireg.testing import taylor_test
 
 # ------------------------------------------------------------------------------------- NGF
 
@@ -168,6 +169,18 @@ def test_mi_gauss_newton_matches_fairs_estimator_on_random_data(bk):
     got = bk.to_numpy(bk.jit(lambda T, R: D.residual(T, R, domain))(bk.asarray(T), bk.asarray(R)))
     np.testing.assert_allclose(got, _rho_spline_c(T, R, 0.0, 256.0, 32, 30).ravel(), atol=1e-16)
     assert D.gauss_newton and D.residual_radius is None
+
+
+def test_mi_gauss_newton_residual_and_value_are_differentiated_exactly(ad_bk):
+    """ρ(T + tv) - ρ(T) - t J_ρ v and the same for D fall like t² (Taylor test)."""
+    domain = Domain((0.0, 1.0, 0.0, 1.0), (6, 5))
+    rng = np.random.default_rng(4)
+    T, R = ad_bk.asarray(rng.uniform(0, 1, domain.m)), ad_bk.asarray(rng.uniform(0, 1, domain.m))
+    v = ad_bk.asarray(0.05 * rng.standard_normal(domain.m))
+    D = MIGaussNewton(bins_T=8, bins_R=6, range_T=(0, 1), range_R=(0, 1))
+    for f in (lambda T: D.residual(T, R, domain), lambda T: D(T, R, domain)):
+        result = taylor_test(ad_bk, ad_bk.jit(f), T, v, t0=0.5)
+        assert result.order == pytest.approx(2.0, abs=0.2), result
 
 
 def test_mi_gauss_newton_options_are_checked():
