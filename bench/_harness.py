@@ -63,8 +63,9 @@ def fmt_time(seconds: float) -> str:
 
 
 def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """A Markdown table (readable as plain text too)."""
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    """A Markdown table (readable as plain text too). A ``|`` inside a cell is escaped: it
+    would otherwise end the cell (registration.py's iterations "7 | 3+3+4" split its row)."""
+    cells = [[str(r.get(c, "")).replace("|", "\\|") for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -1,7 +1,7 @@
 """Whole registrations, multireg (JAX, torch) side by side with SimpleITK and scikit-image.
 
     python bench/registration.py [--quick] [--repeat N] [--threads N] [--fair-data DIR] [--out PATH]
-                                 [--torch-compile]
+                                 [--torch-compile] [--in-process]
 
 Cases (issue 3, item 6):
 
@@ -25,6 +25,15 @@ zero-padded linear interpolation (the same for everybody, whatever model a metho
 differences of y on the grid (the same for everybody); ``err`` (synthetic data only) is
 max |y − y_true| in cells over the cells where R shows the object (R > 10% of its maximum).
 
+Time to first result (issue 13): every row is also run in new processes started by this script
+(bench/first_call.py's machinery: ``spawn``, ``thread_env``), side by side in the same run:
+``first ever`` is the row's first call in a new process whose compilation cache
+(``MULTIREG_CACHE_DIR``) is a new empty folder; ``new process`` the first call in a second new
+process on that cache; ``process`` that second process's whole life (interpreter, imports, data,
+one call and a second one); ``warm`` the median of the warm calls in this process. SimpleITK,
+scikit-image and DIPY keep no compiled code between processes; their two new processes show
+what a process costs them. ``--in-process`` skips the new processes.
+
 Threads: every library gets ``--threads`` (default 1) intra-op threads; on a shared 2-core
 machine torch's 2-thread reductions were an order of magnitude slower than 1 thread.
 
@@ -38,9 +47,12 @@ x. SimpleITK's result maps fixed (= R) points to moving (= T) points, which is m
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +72,12 @@ def parse_args(argv=None):
         action="store_true",
         help="case 1 also with TorchBackend(compile=True) (torch.compile; about 2 min to compile)",
     )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no new processes: skip the first-ever and new-process columns",
+    )
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one row, in a new process
     return p.parse_args(argv)
 
 
@@ -81,6 +99,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import fmt_time, measure, table, write_report  # noqa: E402
+from first_call import spawn, thread_env  # noqa: E402
 
 from multireg import (  # noqa: E402
     linear_interpolate,
@@ -272,8 +291,9 @@ def sitk_register(sitk, fixed, moving, dim, setting):
 class Case:
     """One image pair; collects rows scored the same way."""
 
-    def __init__(self, name, T, R, domain, y_true, repeat):
+    def __init__(self, name, T, R, domain, y_true, repeat, key):
         self.name, self.T, self.R, self.domain, self.y_true = name, T, R, domain, y_true
+        self.key = key  # how a new process builds the same pair (build_case)
         self.x = domain.cell_centers()
         self.ssd_identity = ssd(T, R, domain, self.x)
         self.repeat = repeat
@@ -291,9 +311,9 @@ class Case:
         cold, warm = measure(call, min_time=2.0, max_runs=self.repeat, min_runs=1)
         return cold, warm, results[-1]
 
-    def add(self, method, backend, cold, warm, iterations, y, stop, note="", w=None):
+    def add(self, spec, method, backend, cold, warm, iterations, y, stop, note="", w=None):
         row = dict(case=self.name, method=method, backend=backend, cold=cold, warm=warm)
-        row.update(iters=iterations, stop=stop, note=note, w=w)
+        row.update(iters=iterations, stop=stop, note=note, w=w, spec={**spec, "case": self.key})
         row["ssd"] = ssd(self.T, self.R, self.domain, y)
         row["det_min"] = det_min(self.domain, y)
         row["reduction"] = row["ssd"] / self.ssd_identity
@@ -308,12 +328,50 @@ class Case:
         return row
 
 
+def row_function(case, spec):
+    """The call that a row times, from its ``spec`` (JSON-able, so that a new process can run
+    the same call on the same images: see :func:`child`)."""
+    kind = spec["kind"]
+    if kind == "multireg":
+        bk = spec["backend"]
+        if bk == "torch-compile":
+            from multireg_torch import TorchBackend
+
+            bk = TorchBackend(compile=True)
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["options"].items()}
+        return lambda: register(case.T, case.R, case.domain.omega, backend=bk, **options)
+    if kind == "sitk":
+        import SimpleITK as sitk
+
+        fixed, moving = sitk_image(sitk, case.R, case.domain), sitk_image(sitk, case.T, case.domain)
+        setting = sitk_settings(case.domain)[spec["setting"]]
+        return lambda: sitk_register(sitk, fixed, moving, case.domain.dim, setting)
+    if kind == "tvl1":
+        from skimage.registration import optical_flow_tvl1
+
+        scale = max(case.T.max(), case.R.max())  # skimage's defaults are tuned for [0, 1] images
+        Rs, Ts = case.R / scale, case.T / scale
+        return lambda: optical_flow_tvl1(Rs, Ts)
+    if kind == "syn":
+        from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
+        from dipy.align.metrics import SSDMetric
+
+        logging.getLogger("dipy").setLevel(logging.WARNING)
+
+        def run():
+            syn = SymmetricDiffeomorphicRegistration(
+                SSDMetric(case.domain.dim), level_iters=[100, 50, 25]
+            )
+            return syn.optimize(case.R, case.T)  # static R, moving T; grid-to-world the identity
+
+        return run
+    raise ValueError(f"unknown row kind {kind!r}")
+
+
 def multireg_rows(case, backends, label, **options):
     for bk in backends:
-        name = bk if isinstance(bk, str) else "torch-compile"
-        cold, warm, out = case.time(
-            lambda bk=bk: register(case.T, case.R, case.domain.omega, backend=bk, **options)
-        )
+        spec = {"kind": "multireg", "backend": bk, "options": options}
+        cold, warm, out = case.time(row_function(case, spec))
         pre = [lv.result.iterations for lv in out.levels if lv.stage == "parametric"]
         main = [lv.result.iterations for lv in out.levels if lv.stage != "parametric"]
         its = "+".join(map(str, main or pre))
@@ -325,58 +383,48 @@ def multireg_rows(case, backends, label, **options):
         )
         note = "" if out.det_min is None else f"own det_min {out.det_min:.3g}"
         affine = out.transform != "nonparametric"
-        case.add(label, name, cold, warm, its, y, out.status.value, note, w if affine else None)
+        w = w if affine else None
+        case.add(spec, label, bk, cold, warm, its, y, out.status.value, note, w)
 
 
 def sitk_rows(case, sitk, only_reference=False):
     dim = case.domain.dim
-    fixed, moving = sitk_image(sitk, case.R, case.domain), sitk_image(sitk, case.T, case.domain)
-    for name, setting in sitk_settings(case.domain).items():
+    fixed = sitk_image(sitk, case.R, case.domain)
+    for name in sitk_settings(case.domain):
         if only_reference and name != SITK_REFERENCE:
             continue
-        cold, warm, (tx, its, stop) = case.time(
-            lambda s=setting: sitk_register(sitk, fixed, moving, dim, s)
-        )
+        spec = {"kind": "sitk", "setting": name}
+        cold, warm, (tx, its, stop) = case.time(row_function(case, spec))
         y = sitk_points(sitk, tx, case.domain, fixed)
         A, b = sitk_affine(sitk, tx, dim)
         # the explicit conversion must agree with SimpleITK's own dense map of the transform
         gap = float(np.max(np.abs(affine_points(A, b, case.x) - y)))
         assert gap < 1e-8 * max(case.domain.extent), f"SimpleITK affine conversion is off by {gap}"
         its = "+".join(map(str, its))
-        case.add(name, "ITK", cold, warm, its, y, stop[:40], w=affine_w(A, b))
+        case.add(spec, name, "ITK", cold, warm, its, y, stop[:40], w=affine_w(A, b))
     return case
 
 
 def tvl1_row(case):
-    from skimage.registration import optical_flow_tvl1
-
-    scale = max(case.T.max(), case.R.max())  # skimage's defaults are tuned for [0, 1] images
-    Rs, Ts = case.R / scale, case.T / scale
-    cold, warm, flow = case.time(lambda: optical_flow_tvl1(Rs, Ts))
+    spec = {"kind": "tvl1"}
+    cold, warm, flow = case.time(row_function(case, spec))
     # flow[k] is in index units along axis k: T(i + flow) ≈ R(i), so y = x + h·flow
     y = case.x + np.moveaxis(flow, 0, -1).reshape(-1, case.domain.dim) * np.array(case.domain.h)
     case.add(
-        "skimage TV-L1 (other model)", "NumPy", cold, warm, "5 warps", y, "fixed", "defaults, [0,1]"
-    )
+        spec, "skimage TV-L1 (other model)", "NumPy", cold, warm, "5 warps", y, "fixed",
+        "defaults, [0,1]",
+    )  # fmt: skip
 
 
 def syn_row(case):
     """DIPY's SyN with its SSD metric (optional: only if DIPY is installed); no pre-alignment."""
     try:
-        from dipy.align.imwarp import SymmetricDiffeomorphicRegistration
-        from dipy.align.metrics import SSDMetric
+        import dipy  # noqa: F401
     except ImportError:
         print("  DIPY not installed: no SyN row", flush=True)
         return
-    logging.getLogger("dipy").setLevel(logging.WARNING)
-
-    def run():
-        syn = SymmetricDiffeomorphicRegistration(
-            SSDMetric(case.domain.dim), level_iters=[100, 50, 25]
-        )
-        return syn.optimize(case.R, case.T)  # static R, moving T; grid-to-world the identity
-
-    cold, warm, mapping = case.time(run)
+    spec = {"kind": "syn"}
+    cold, warm, mapping = case.time(row_function(case, spec))
     # the forward field is in index units on R's grid: mapping.transform(T)(i) = T(i + field(i))
     field = np.asarray(mapping.get_forward_field(), dtype=np.float64)
     y = case.x + field.reshape(-1, case.domain.dim) * np.array(case.domain.h)
@@ -384,15 +432,61 @@ def syn_row(case):
     gap = np.max(np.abs(check - linear_interpolate(case.T, case.domain, y).reshape(case.domain.m)))
     assert gap < 1e-4 * case.T.max(), f"DIPY field conversion is off by {gap}"
     case.add(
-        "DIPY SyN SSD (other model)", "NumPy", cold, warm, "100+50+25 max", y, "—", "no prealign"
+        spec, "DIPY SyN SSD (other model)", "NumPy", cold, warm, "100+50+25 max", y, "—",
+        "no prealign",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------- time to first result
+
+
+def child(spec) -> dict:
+    """In a new process: the row's first call and a second one, in seconds."""
+    if spec["kind"] == "sitk":
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # LBFGSB warns that it ignores scales
+    case = build_case(spec["case"], spec["fair_data"], spec["n3"], repeat=1)
+    fn = row_function(case, spec)
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fn()
+    return {"first": first, "second": time.perf_counter() - t0}
+
+
+def new_processes(row, args, cache_root) -> None:
+    """The row's first call in a new process on an empty compilation cache, then in a second
+    new process on the cache the first one filled (bench/first_call.py's ``spawn``)."""
+    spec = {**row["spec"], "fair_data": args.fair_data, "n3": args.n3}
+    cache = tempfile.mkdtemp(dir=cache_root)  # empty: nothing compiled for this row yet
+    env = {**thread_env(args.threads), "MULTIREG_CACHE_DIR": cache}
+    argv = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads),
+            "--child", json.dumps(spec)]  # fmt: skip
+    runs = []
+    try:
+        for _ in range(2):
+            wall, stdout = spawn(argv, env, f"{row['method']} {row['backend']}")
+            runs.append({**json.loads(stdout.strip().splitlines()[-1]), "process": wall})
+    except (RuntimeError, ValueError) as err:  # reported in the row, never the whole table lost
+        print(f"  new process failed: {str(err).splitlines()[0]}", flush=True)
+        row["note"] = (row["note"] + "; " if row["note"] else "") + "new process failed"
+        return
+    row["first_ever"], row["new_process"] = runs[0]["first"], runs[1]["first"]
+    row["process"] = runs[1]["process"]
+    print(
+        f"    first ever {fmt_time(row['first_ever'])}, new process {fmt_time(row['new_process'])}"
+        f" (process {fmt_time(row['process'])})",
+        flush=True,
     )
 
 
 # ---------------------------------------------------------------------------------- report
 
 COLUMNS = [
-    "case", "method", "backend", "cold", "warm", "t/ITK", "iters", "SSD", "SSD/ITK",
-    "reduction", "det_min", "err", "stop", "note",
+    "case", "method", "backend", "first ever", "new process", "process", "warm", "t/ITK",
+    "iters", "SSD", "SSD/ITK", "reduction", "det_min", "err", "stop", "note",
 ]  # fmt: skip
 
 
@@ -416,7 +510,9 @@ def render(rows_by_case):
         for r in rows:
             out.append({
                 "case": r["case"], "method": r["method"], "backend": r["backend"],
-                "cold": fmt_time(r["cold"]), "warm": fmt_time(r["warm"]),
+                "first ever": fmt_time(r.get("first_ever", math.nan)),
+                "new process": fmt_time(r.get("new_process", math.nan)),
+                "process": fmt_time(r.get("process", math.nan)), "warm": fmt_time(r["warm"]),
                 "t/ITK": f"{r['warm'] / ref['warm']:.2f}" if ref else "—",
                 "iters": r["iters"], "SSD": f"{r['ssd']:.5g}",
                 "SSD/ITK": f"{r['ssd'] / ref['ssd']:.3f}" if ref else "—",
@@ -466,10 +562,48 @@ def targets(rows):
                 f"- case 2, {r['method']} on {r['backend']} under 10 s warm: "
                 f"{verdict} ({fmt_time(r['warm'])})"
             )
+    # issue 13's time-to-first-result targets (only where the new processes ran)
+    for bk in ("jax", "torch"):
+        r = by_key.get((case1, "multireg affine MLPIR", bk))
+        if r and "first_ever" in r:
+            verdict = "met" if r["first_ever"] <= 5 else "NOT met"
+            lines.append(
+                f"- case 1 on {bk}, first-ever run ≤ 5 s: {verdict} ({fmt_time(r['first_ever'])})"
+            )
+        if r and "process" in r and ref and "process" in ref:
+            ratio = r["process"] / ref["process"]
+            verdict = "met" if ratio <= 3 else "NOT met"
+            lines.append(
+                f"- case 1 on {bk}, new process on a warm cache ≤ 3× SimpleITK's whole process: "
+                f"{verdict} ({fmt_time(r['process'])} vs {fmt_time(ref['process'])}, {ratio:.1f}×;"
+                " the API in a process, not the CLI: bench/first_call.py times the CLI)"
+            )
+    for r in rows:
+        if r["method"] == "multireg elastic MLIR" and "new_process" in r:
+            verdict = "met" if r["new_process"] <= 2 else "NOT met"
+            lines.append(
+                f"- case 2 elastic on {r['backend']}, new process on a warm cache ≤ 2 s: "
+                f"{verdict} ({fmt_time(r['new_process'])})"
+            )
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ main
+
+
+def build_case(key, fair_data, n3, repeat):
+    """The image pair of case ``key`` ("affine", "deformable", "3d"): FAIR's hands if found
+    (``fair_data``, else ``MULTIREG_FAIR_DATA``), synthetic blobs otherwise."""
+    if key == "3d":
+        return Case(f"3 synthetic 3D {n3}³ affine", *synthetic_3d(n3), repeat, key)
+    folder = fair_data or fair_data_dir()
+    if folder is not None and Path(folder, "hands-T.jpg").is_file():
+        T, R, domain = load_fair("hands", folder)
+        pair, tag = (T, R, domain, None), "hands"
+    else:
+        pair, tag = synthetic_2d(key == "deformable"), "synthetic"
+    name = f"1 {tag} affine" if key == "affine" else f"2 {tag} NPIR"
+    return Case(name, *pair, repeat, key)
 
 
 def main(args):
@@ -487,36 +621,35 @@ def main(args):
 
     backends = [b for b in ("jax", "torch") if b in available_backends()]
     repeat = 1 if args.quick else args.repeat
-    n3 = 32 if args.quick else 64
+    args.n3 = n3 = 32 if args.quick else 64
     started = time.perf_counter()
 
-    folder = args.fair_data or fair_data_dir()
-    if folder is not None and Path(folder, "hands-T.jpg").is_file():
-        T, R, domain = load_fair("hands", folder)
-        pairs = {"affine": (T, R, domain, None), "deformable": (T, R, domain, None)}
+    c1 = build_case("affine", args.fair_data, n3, repeat)
+    if c1.y_true is None:
         data = "FAIR hands 128², omega (0,20,0,25)"
-        tag = "hands"
     else:
-        pairs = {"affine": synthetic_2d(False), "deformable": synthetic_2d(True)}
         data = "synthetic blobs 128² with a known affine (case 2: + sinusoid); FAIR data not found"
-        tag = "synthetic"
     print(f"data: {data}; backends {backends}; threads {args.threads}", flush=True)
+    cache_root = tempfile.TemporaryDirectory(prefix="multireg-bench-cache-")
+
+    def first_calls(case):
+        if not args.in_process:
+            print("  time to first result (new processes):", flush=True)
+            for row in case.rows:
+                print(f"   {row['method']} {row['backend']}", flush=True)
+                new_processes(row, args, cache_root.name)
 
     print("case 1: affine MLPIR", flush=True)
-    c1 = Case(f"1 {tag} affine", *pairs["affine"], repeat)
-    case1_backends = list(backends)
-    if args.torch_compile:
-        from multireg_torch import TorchBackend
-
-        case1_backends.append(TorchBackend(compile=True))
+    case1_backends = list(backends) + (["torch-compile"] if args.torch_compile else [])
     multireg_rows(
         c1, case1_backends, "multireg affine MLPIR", transform="affine", theta=0.1, levels=(3, 7),
         max_iter=10,
     )  # fmt: skip
     sitk_rows(c1, sitk)
+    first_calls(c1)
 
     print("case 2: nonparametric MLIR", flush=True)
-    c2 = Case(f"2 {tag} NPIR", *pairs["deformable"], repeat)
+    c2 = build_case("deformable", args.fair_data, n3, repeat)
     common = dict(  # FAIR's settings: 10 iterations per level
         transform="nonparametric", theta=1e-2, levels=(3, 7), pre_registration="affine", max_iter=10
     )
@@ -530,11 +663,14 @@ def main(args):
     tvl1_row(c2)
     syn_row(c2)
     sitk_rows(c2, sitk, only_reference=True)  # an affine anchor for the ratios
+    first_calls(c2)
 
     print(f"case 3: 3D affine {n3}³", flush=True)
-    c3 = Case(f"3 synthetic 3D {n3}³ affine", *synthetic_3d(n3), repeat)
+    c3 = build_case("3d", args.fair_data, n3, repeat)
     multireg_rows(c3, backends, "multireg affine MLPIR", transform="affine", theta=1e-3, levels=3)
     sitk_rows(c3, sitk, only_reference=not args.quick)  # about 25 s a run at 64³
+    first_calls(c3)
+    cache_root.cleanup()
 
     elapsed = time.perf_counter() - started
     rows = c1.rows + c2.rows + c3.rows
@@ -542,10 +678,17 @@ def main(args):
         "# Registration: multireg vs SimpleITK / scikit-image",
         "",
         f"Data: {data}. Threads per library: {args.threads} (`--threads`). "
-        f"Warm = median of 1..{repeat} runs after the cold (first, compiling) call; "
+        f"Warm = median of 1..{repeat} runs in this process after its first call; "
         f"whole script {elapsed:.0f} s. Load average at the end: "
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores "
         "(shared machine: timings are noisy, compare ratios).",
+        "",
+        "Time to first result, for every row in the same run: `first ever` = the first call in a "
+        "new process with an empty compilation cache; `new process` = the first call in a "
+        "second new process on the cache the first one filled; `process` = that second "
+        "process's whole life (interpreter, imports, data, two calls); `warm` = in this process. "
+        "torch eager, SimpleITK, scikit-image and DIPY keep nothing compiled between processes."
+        + (" (--in-process: no new processes were started.)" if args.in_process else ""),
         "",
         "SSD = ½·prod(h)·Σ(T(y(x)) − R(x))², the SAME for every row: y(x) on the reference's "
         "cell centres, T by linear interpolation. t/ITK and SSD/ITK are ratios to the "
@@ -577,4 +720,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(ARGS)
+    if ARGS.child is not None:
+        print(json.dumps(child(json.loads(ARGS.child))))
+    else:
+        main(ARGS)
