@@ -18,8 +18,9 @@ displacement error over the grid relative to the RMS true displacement, and in m
 
 Part 1b (``--large-motion-only`` runs just this), issue 14's regime
 (:func:`multireg.dynamics.large_motion_phantom`: large affine motion, frames cropped after they
-moved): oracle, coupled VarPro from the truth and from SSD, with J(true)/J, the objective at the
-true motions over the objective at the returned ones.
+moved; several patterns, seeds and motion sizes): the oracle with and without the
+field-of-view objective, the coupled VarPro solve with it from the identity, coarse to fine,
+and the old objective from the truth, with J(true)/J and the targets of issue 14.
 
 Times are warm (each solve is run twice; the second is reported) and exclude the
 pre-registration (its time is its own row). The figure bench/out/dynamics_curves.png shows
@@ -284,66 +285,111 @@ def vfa_figure(shown, fa):
     plt.close(fig)
 
 
-LARGE_MOTION = [("study", 0), ("study", 1), ("kidneys", 2), ("late", 3), ("weak", 4)]
-QUICK_LARGE_MOTION = [("study", 0), ("kidneys", 1), ("late", 2)]
+# (pattern, seed, translation mm): several enhancement patterns, seeds and motion sizes
+LARGE_MOTION = [
+    ("study", 0, 12.0), ("study", 1, 12.0), ("kidneys", 2, 12.0), ("kidneys", 3, 20.0),
+    ("late", 4, 12.0), ("weak", 5, 12.0), ("study", 6, 20.0),
+]  # fmt: skip
+QUICK_LARGE_MOTION = [("study", 0, 12.0), ("kidneys", 1, 12.0), ("late", 2, 20.0)]
 
 
-def large_motion_rows(args, bk, pattern, seed):
-    """Issue 14's regime (:func:`multireg.dynamics.large_motion_phantom`): the oracle (the
-    regions fit at the true motions), and the coupled VarPro solve started at the truth and at
-    the SSD frame-by-frame motions, with the objective at the truth over the objective at the
-    returned motions (> 1: the objective prefers a wrong motion)."""
+def _rms_cells(ph, m):
+    """RMS true displacement over the frames k ≥ 1 and the cells, in cells."""
+    from multireg.grid import Domain
+
+    d = Domain(ph.omega, m)
+    h = d.h[0]
+    _, rms = dynamics.motion_error(np.tile([1.0, 0, 0, 0, 1, 0], (len(ph.w), 1)), ph.w,
+                                     ph.omega, m)  # fmt: skip
+    return rms * np.sqrt(len(ph.w) / (len(ph.w) - 1)) / h
+
+
+def large_motion_rows(args, bk, pattern, seed, translation):
+    """Issue 14's regime (:func:`multireg.dynamics.large_motion_phantom`). Rows: the oracle
+    (the regions fit at the true motions) with and without the field-of-view objective; the
+    coupled VarPro solve with ``fov`` from the identity, coarse to fine (the default: no
+    pre-registration, nothing relies on contrast-free early frames); and the old objective
+    (``fov=False``) from the truth. J(true)/J: the objective (the row's own) at the true motions
+    over the objective at the returned ones; J(true)/J(old): the fov objective at the truth over
+    the fov objective at the old objective's returned motions."""
     m = (args.lm_size[0], args.lm_size[1])
     ph = dynamics.large_motion_phantom(m=m, n_frames=args.lm_frames, noise=0.01, seed=seed,
-                                       pattern=pattern)  # fmt: skip
+                                       pattern=pattern, translation=translation)  # fmt: skip
     names = tuple(ph.weights)
     common = dict(masks=ph.weights, backend=bk)
-    oracle = dynamics.fit(ph.frames, ph.times, ph.omega, w=ph.w, **common)
-    j_true = float(oracle.objective)
+    oracles = {fov: dynamics.fit(ph.frames, ph.times, ph.omega, w=ph.w, fov=fov, **common)
+               for fov in (True, False)}  # fmt: skip
+    oracle_err = curve_errors(bk.to_numpy(oracles[True].curves), ph, names)
     rows = []
+    cells = _rms_cells(ph, m)
 
-    def row(label, res):
+    def row(label, res, fov, seconds=None, old=None):
         errs = curve_errors(bk.to_numpy(res.curves), ph, names)
         e_rel, _ = dynamics.motion_error(bk.to_numpy(res.w), ph.w, ph.omega, m)
+        j_true = float(oracles[fov].objective)
+        worst = max(errs[n] / max(oracle_err[n], 1e-12) for n in names)
+        ok = all(errs[n] <= 0.05 for n in names) and worst <= 2.0
         r = dict(
             pattern=pattern,
             seed=str(seed),
+            rms=f"{cells:.1f}",
             backend=bk.name,
             method=label,
             **{n: f"{100 * errs[n]:.1f} %" for n in names},
+            **{"max/oracle": f"{worst:.2f}"},
             motion=f"{100 * e_rel:.1f} %",
-            **{"J(true)/J": f"{j_true / float(res.objective):.3f}"},
-            status="" if label == "oracle" else res.status.name.lower(),
+            **{"J(true)/J": f"{j_true / float(res.objective):.4f}"},
+            **{"J(true)/J(old)": "" if old is None else f"{j_true / old:.3f}"},
+            target="" if label.startswith("oracle") else ("met" if ok else "MISSED"),
+            status="" if label.startswith("oracle") else res.status.name.lower(),
+            time="" if seconds is None else f"{seconds:.0f} s",
         )
         rows.append(r)
         print(table([r], list(r)).splitlines()[-1], flush=True)
 
-    row("oracle", oracle)
-    row("varpro from truth", dynamics.solve(ph.frames, ph.times, ph.omega, w0=ph.w, **common))
-    pre = dynamics.frame_by_frame(ph.frames, ph.omega, backend=bk)
-    row("varpro from SSD", dynamics.solve(ph.frames, ph.times, ph.omega, w0=pre.w, **common))
+    row("oracle, fov", oracles[True], True)
+    row("oracle, no fov", oracles[False], False)
+    t = time.perf_counter()
+    old = dynamics.solve(ph.frames, ph.times, ph.omega, w0=ph.w, fov=False, **common)
+    t_old = time.perf_counter() - t
+    # the fov objective at the old objective's answer
+    j_old = float(dynamics.fit(ph.frames, ph.times, ph.omega, w=bk.to_numpy(old.w), fov=True,
+                               **common).objective)  # fmt: skip
+    t = time.perf_counter()
+    res = dynamics.solve(ph.frames, ph.times, ph.omega, **common)
+    row("coupled, fov, identity c2f", res, True, time.perf_counter() - t, old=j_old)
+    row("no fov, from truth", old, False, t_old)
     return rows
 
 
 def large_motion_text(args, backends):
     cases = QUICK_LARGE_MOTION if args.quick else LARGE_MOTION
+    if args.lm_cases:
+        cases = [cases[int(i)] for i in args.lm_cases.split(",")]
     rows = []
-    for name in backends:
+    for i, name in enumerate(backends):
         bk = multireg.get_backend(name)
-        for pattern, seed in cases:
-            rows += large_motion_rows(args, bk, pattern, seed)
+        # the later backends on a subset (runtime): the first three cases
+        for pattern, seed, translation in cases if i == 0 else cases[:3]:
+            rows += large_motion_rows(args, bk, pattern, seed, translation)
     columns = []
     for r in rows:
         columns += [k for k in r if k not in columns]
     return (
         "\n## Large motion, frames cropped after motion (issue 14)\n\n"
         f"large_motion_phantom {args.lm_size[0]}×{args.lm_size[1]} × {args.lm_frames} frames, "
-        "1 % noise: rotation ±6°, scale 0.9–1.1, ±12 mm, field of view [−96, 96]×[−20, 60] mm "
-        "cutting the body, kidneys near its edge. Regions model, affine, fov as in "
-        "dynamics.solve's default. Curve errors ‖α̂ − α‖/‖α‖ (blank where the pattern has "
-        "no such region); "
-        "J(true)/J: the objective at the true motions over the objective at the returned ones "
-        "(> 1: the objective prefers a wrong motion).\n\n" + table(rows, columns) + "\n"
+        "1 % noise: rotation ±6°, scale 0.9–1.1, translation ±12 or ±20 mm, field of view "
+        "[−96, 96]×[−20, 60] mm cutting the body, kidneys near its edge; rms: the true "
+        "displacement's RMS in cells. Regions model (α = 0.01 s), affine. Curve errors "
+        "‖α̂ − α‖/‖α‖ (blank where the pattern has no such region); max/oracle: the worst "
+        "region's error over the fov oracle's; target: every region within 5 % and within 2× "
+        "the oracle. J(true)/J: the row's objective at the true motions over its value at the "
+        "returned ones (> 1: the objective prefers the returned motion; with noise the "
+        "minimiser is not the truth, so a value just above 1 is expected: the noise and the "
+        "interpolation error it fits); J(true)/J(old): the fov objective at the truth over the "
+        "fov objective at the old objective's answer (< 1: the new objective prefers the "
+        "truth to it). Times exclude JAX's compilation only where warm.\n\n"
+        + table(rows, columns) + "\n"
     )
 
 
@@ -357,13 +403,18 @@ def main(argv=None):
     parser.add_argument(
         "--large-motion-only", action="store_true", help="only the issue-14 large-motion table"
     )
+    parser.add_argument("--lm-m", default="", help="large-motion grid, e.g. 192x80")
+    parser.add_argument("--lm-cases", default="", help="only these large-motion case indices")
     args = parser.parse_args(argv)
     args.size, args.frames = (64, 12) if args.quick else (128, 25)
     args.lm_size, args.lm_frames = ((48, 40), 10) if args.quick else ((96, 40), 25)
+    if args.lm_m:
+        args.lm_size = tuple(int(v) for v in args.lm_m.split("x"))
     if args.large_motion_only:
         text = "# Dynamics benchmark\n" + large_motion_text(args, args.backend.split(","))
         print(text)
-        print(f"written to {write_report('dynamics_large_motion', text)}")
+        name = "dynamics_large_motion" + (f"_{args.lm_m}" if args.lm_m else "")
+        print(f"written to {write_report(name, text)}")
         return
     args.methods = args.methods.split(",")
     cases = QUICK_CASES if args.quick else CASES

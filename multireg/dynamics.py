@@ -108,6 +108,11 @@ MOTIONS = ("affine", "rigid", "nonparametric")
 METHODS = ("varpro", "lap", "bcd")
 JACOBIANS = ("projected", *separable.JACOBIANS)
 MODELS = ("regions", "basis")
+# The default field-of-view ramp (cells): wide enough that the weight is C¹ on the scale of the
+# spline's support, narrow enough to keep the frames' border cells (see :func:`_fov_weight`).
+FOV_WIDTH = 1.0
+# :func:`solve`'s coarse levels run this many times ``max_iter`` Gauss–Newton iterations
+COARSE_ITERATIONS = 5
 
 
 # ------------------------------------------------------------------------ model protocol
@@ -351,6 +356,16 @@ class _RegionsKernel:
         """β_k = √h M̃ J_k (R × p per frame); result[(k,i),(l,j)] = T⁻¹_kl β_k,i · β_l,j."""
         return _regions_gram(bk, self.h)(J, Mt, T_inv)
 
+    def weighted_normal_solve(self, bk, V, Wt, Mt, C_inv, wt, T_inv, d_ref):
+        """N(w)⁻¹V row by row for the field-of-view weights Wt (N, n) (:meth:`_Residual.weights`):
+        N = blockdiag_k(h M̃ diag(Wt_k) M̃ᵀ) + (T − I) ⊗ I_R, formed ((N R)² entries) and solved
+        exactly."""
+        return _regions_weighted_solve(bk, self.h)(V, Wt, Mt, wt)
+
+    def coefficient_frames(self) -> np.ndarray:
+        """The frame each coefficient belongs to (frame k's rows of A touch only its α̃_k)."""
+        return np.repeat(np.arange(self.n_frames), self.n_regions)
+
     def curves(self, c, Mt, C_inv, wt, T_inv, d_ref):
         return self._a(c) @ C_inv
 
@@ -371,6 +386,26 @@ def _regions_gram(bk: Any, h: float) -> Callable:
         return scale * inner
 
     return bk.jit(gram)
+
+
+@functools.lru_cache(maxsize=16)
+def _regions_weighted_solve(bk: Any, h: float) -> Callable:
+    xp = bk.xp
+
+    def solve(V, Wt, Mt, wt):
+        N, R = Wt.shape[0], Mt.shape[0]
+        dev = array_api_compat.device(V)
+        G = h * (Mt[None, :, :] * Wt[:, None, :]) @ xp.matrix_transpose(Mt)  # (N, R, R)
+        eye_n = xp.eye(N, dtype=V.dtype, device=dev)
+        D = eye_n[1:, :] - eye_n[:-1, :]
+        TmI = xp.matrix_transpose(D) @ ((wt * wt)[:, None] * D)
+        eye_r = xp.eye(R, dtype=V.dtype, device=dev)
+        Nm = eye_n[:, None, :, None] * G[:, :, None, :]
+        Nm = Nm + TmI[:, None, :, None] * eye_r[None, :, None, :]
+        Nm = xp.reshape(Nm, (N * R, N * R))
+        return xp.matrix_transpose(xp.linalg.solve(Nm, xp.matrix_transpose(V)))
+
+    return bk.jit(solve)
 
 
 @dataclass(frozen=True)
@@ -787,6 +822,33 @@ def _padded_coefficients(bk: Any, frames: Array, theta: float) -> Array:
     return xp.reshape(xp.stack(out), (-1,))
 
 
+def _smoothstep(t):
+    xp = array_api_compat.array_namespace(t)
+    t = xp.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _fov_weight(y: Array, domain: Domain, width: float) -> Array:
+    """q(y) in [0, 1]: how far the points y (..., 2) lie inside the frames' field of view ω.
+
+    q = Π_d s((y_d − a_d)/δ_d) s((b_d − y_d)/δ_d) with s the C¹ smoothstep 3t² − 2t³ on
+    [0, 1] and δ_d = ``width`` cells: 0 outside ω (where a frame is unknown, not dark), 1 more
+    than δ inside, C¹ in between so that the objective stays differentiable in the motion."""
+    q = None
+    for k in range(2):
+        d = width * domain.h[k]
+        s = _smoothstep((y[..., k] - domain.lower[k]) / d) * _smoothstep(
+            (domain.upper[k] - y[..., k]) / d
+        )
+        q = s if q is None else q * s
+    return q
+
+
+# A floor on a frame's in-view fraction: keeps the normalisation defined for a frame moved
+# entirely out of view; 1e-3 of ω is far below any overlap a registration keeps.
+_FOV_FLOOR = 1e-3
+
+
 # ---------------------------------------------------------------------------- residual
 
 
@@ -799,6 +861,8 @@ class _Residual:
     domain: Domain
     motion: _Motion
     kernel: Any
+    fov: float = 0.0
+    """Width (cells) of the field-of-view ramp of :func:`_fov_weight`; 0: every cell counts."""
 
     def _split(self, rest):
         k = self.motion.n_arrays
@@ -809,11 +873,34 @@ class _Residual:
         motion_arrays, _ = self._split(rest)
         return _sample(coef, self.motion.points(w, x, *motion_arrays), self.domain)
 
+    def view(self, y):
+        """(q, s): the residual weights q_k(x) (N, n) of the points y and each frame's
+        weighted in-view fraction s_k = mean_x q_k² (N, 1), floored at :data:`_FOV_FLOOR`."""
+        xp = array_api_compat.array_namespace(y)
+        q = _fov_weight(y, self.domain, self.fov)
+        s = xp.mean(q * q, axis=1, keepdims=True)
+        return q, xp.where(s > _FOV_FLOOR, s, _FOV_FLOOR)
+
+    def weights(self, w, coef, x, *rest):
+        """q_k²/s_k (N, n): each cell's weight in frame k's data term (1 without ``fov``)."""
+        xp = array_api_compat.array_namespace(w)
+        motion_arrays, _ = self._split(rest)
+        y = self.motion.points(w, x, *motion_arrays)
+        if not self.fov:
+            return xp.ones_like(y[..., 0])
+        q, s = self.view(y)
+        return q * q / s
+
     def residual(self, w, c, coef, x, *rest):
         xp = array_api_compat.array_namespace(w, c)
         motion_arrays, model_arrays = self._split(rest)
-        b = _sample(coef, self.motion.points(w, x, *motion_arrays), self.domain)
+        y = self.motion.points(w, x, *motion_arrays)
+        b = _sample(coef, y, self.domain)
         r = math.sqrt(self.domain.cell_volume) * (b - self.kernel.predict(c, *model_arrays))
+        if self.fov:
+            # the mean over the cells the frame observes (× |ω|): see :func:`solve`, ``fov``
+            q, s = self.view(y)
+            r = r * q / xp.sqrt(s)
         if self.motion.kind == "nonparametric":
             r = xp.concat([r, self.motion.regular(w)], axis=1)
         return r
@@ -897,12 +984,85 @@ class Problem:
             self.bk, _ModelNormal(self.bk, self.residual), V, self.model_arrays, **opts
         )[0]
 
+    @property
+    def fov(self) -> float:
+        return self.residual.fov
+
+    def weights(self, w: Array) -> Array:
+        """Each cell's weight in each frame's data term at the motions w, (N, n)."""
+        return _weights_kernel(self.bk, self.residual)(w, *self.data)
+
+    def solve_at(self, w: Array, V: Array) -> Array:
+        """N(w)⁻¹V row by row, N(w) = J_fᵀJ_f the linear part's normal matrix at the motions w
+        (it depends on w through the field-of-view weights): the model's exact weighted solve,
+        or the engine's CG on J_fᵀJ_f to ``inner_rtol``; without ``fov``, :meth:`normal_solve`."""
+        if not self.fov:
+            return self.normal_solve(V)
+        k = self.kernel
+        if hasattr(k, "weighted_normal_solve"):
+            return k.weighted_normal_solve(self.bk, V, self.weights(w), *self.model_arrays)
+        X, _, _ = separable._batched_cg(
+            self.separable, w, V, self.bk.xp.zeros_like(V), self.inner_rtol, self.inner_max_iter
+        )
+        return X
+
     def inner(self, w: Array) -> Array:
-        """c(w) = N⁻¹ Aᵀ b(w): the linear fit at the motions w."""
+        """c(w) = N(w)⁻¹ Aᵀ b(w): the linear fit at the motions w."""
         xp = self.bk.xp
         zero = xp.zeros((self.kernel.n_coef,), dtype=w.dtype, device=array_api_compat.device(w))
         rhs = -self.separable.kernels["grad_f"](w, zero, *self.data)
-        return self.normal_solve(rhs[None, :])[0, :]
+        return self.solve_at(w, rhs[None, :])[0, :]
+
+    def reduced_gram(self, w: Array, c: Array, free: Array) -> Array:
+        """J̃ᵀJ̃ over the free parameters, J̃ the reduced (VarPro) Jacobian of w ↦ F(w, c(w)) at
+        c = c(w), exactly (with the relative 1e-12 diagonal floor of :func:`_assemble_gram`).
+
+        Without ``fov`` A is constant: J̃ᵀJ̃ = J_bᵀJ_b − (AᵀJ_b)ᵀN⁻¹(AᵀJ_b). With it the weights
+        make A depend on w, and implicit differentiation of the normal equations (dc/dw =
+        −N⁻¹M, M = ∂_w ∇_c Φ, B = J_cᵀJ_w; Golub & Pereyra 2003, §3) gives
+        J̃ᵀJ̃ = J_wᵀJ_w − BᵀN⁻¹M − MᵀN⁻¹B + MᵀN⁻¹M. M and B come from p directional
+        derivatives for all frames at once where frame k's rows touch only its own coefficients
+        (the regions model, :meth:`_RegionsKernel.coefficient_frames`), else one per free
+        parameter."""
+        bk, xp = self.bk, self.bk.xp
+        H, J = _blocks_kernel(bk, self.residual)(w, c, *self.data)
+        if not self.fov:
+            return _assemble_gram(bk, H, self.projected_gram(J), free)
+        sp = self.separable
+        N, p = sp.n_frames, sp.n_params
+        dev = array_api_compat.device(w)
+        frames_of = getattr(self.kernel, "coefficient_frames", None)
+        if frames_of is not None:
+            E = np.zeros((p, N, p))
+            for j in range(p):
+                E[j, list(sp.free), j] = 1.0
+            V = bk.asarray(E, dtype=w.dtype, device=dev)
+            owner = frames_of()
+            # (N p, n_coef): row (k, j) keeps frame k's coefficients of direction j's result
+            sel = bk.asarray(
+                (np.arange(N)[:, None] == owner[None, :]).astype(np.float64), dtype=w.dtype,
+                device=dev,
+            )  # fmt: skip
+
+            def expand(Z):
+                return xp.reshape(sel[:, None, :] * Z[None, :, :], (N * p, -1))
+        else:
+            E = np.zeros((N * p, N, p))
+            for k in sp.free:
+                for j in range(p):
+                    E[k * p + j, k, j] = 1.0
+            V = bk.asarray(E, dtype=w.dtype, device=dev)
+
+            def expand(Z):
+                return Z
+
+        kern = sp.kernels
+        M = expand(kern["mixed"](w, c, V, *self.data))
+        B = expand(kern["mixed_kaufman"](w, c, V, *self.data))
+        Y = self.solve_at(w, M)  # rows N⁻¹ M[i]
+        C1 = B @ xp.matrix_transpose(Y)
+        C = C1 + xp.matrix_transpose(C1) - M @ xp.matrix_transpose(Y)
+        return _assemble_gram(bk, H, C, free)
 
     def warped(self, w: Array) -> Array:
         """The frames at the motions w on the reference grid, (N, *m)."""
@@ -936,6 +1096,11 @@ def _warp_kernel(bk: Any, residual: _Residual) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
+def _weights_kernel(bk: Any, residual: _Residual) -> Callable:
+    return bk.jit(lambda w, *data: residual.weights(w, *data))
+
+
+@functools.lru_cache(maxsize=32)
 def _adjoint_kernel(bk: Any, residual: _Residual) -> Callable:
     """Aᵀ(e_k ⊗ J[k, :, i]) for i < p, frame k selected by ``onehot``: shape (p, n_coef)."""
     xp = bk.xp
@@ -952,19 +1117,19 @@ def _adjoint_kernel(bk: Any, residual: _Residual) -> Callable:
 
 @functools.lru_cache(maxsize=32)
 def _blocks_kernel(bk: Any, residual: _Residual) -> Callable:
-    """The frame blocks of J_bᵀJ_b (N, p, p) and the image rows of J_b (N, n, p), from p
-    forward products for all frames at once (frame k's rows depend on w_k only)."""
+    """The frame blocks of J_wᵀJ_w (N, p, p) and the image rows of J_w (N, n, p) at (w, c), from
+    p forward products for all frames at once (frame k's rows depend on w_k only). Without
+    ``fov`` J_w does not depend on c."""
     xp = bk.xp
 
-    def blocks(w, *data):
+    def blocks(w, c, *data):
         p = w.shape[1]
         n = math.prod(residual.domain.m)
-        zero = xp.zeros((residual.kernel.n_coef,), dtype=w.dtype, device=array_api_compat.device(w))
         cols = []
         for j in range(p):
             e = xp.astype(xp.arange(p, device=array_api_compat.device(w)) == j, w.dtype)
             V = xp.broadcast_to(e[None, :], w.shape)
-            cols.append(bk.jvp(lambda v: residual.residual(v, zero, *data), w, V)[1])
+            cols.append(bk.jvp(lambda v: residual.residual(v, c, *data), w, V)[1])
         Jb = xp.stack(cols, axis=2)  # (N, q, p)
         H = xp.matrix_transpose(Jb) @ Jb
         return H, Jb[:, :n, :]
@@ -992,6 +1157,7 @@ def build(
     dtype: str = "float64",
     inner_rtol: float = 1e-10,
     inner_max_iter: int = 500,
+    fov: bool | float = True,
 ) -> Problem:
     """The dynamics problem as a :class:`Problem` (its ``separable`` member is the engine's
     :class:`~multireg.separable.SeparableProblem`), with the options of :func:`solve`.
@@ -1008,6 +1174,7 @@ def build(
         theta=theta,
         inner_rtol=inner_rtol,
         inner_max_iter=inner_max_iter,
+        fov=fov,
     )
 
 
@@ -1129,6 +1296,7 @@ def _build(
     theta: float,
     inner_rtol: float,
     inner_max_iter: int,
+    fov: float = 0.0,
 ) -> Problem:
     bk, xp = inp.bk, inp.bk.xp
     dtype, device = inp.frames.dtype, array_api_compat.device(inp.frames)
@@ -1147,7 +1315,7 @@ def _build(
         hash(kernel)
     except TypeError:
         raise TypeError("the model's kernel must be hashable (a frozen dataclass)") from None
-    residual = _Residual(inp.domain, mo, kernel)
+    residual = _Residual(inp.domain, mo, kernel, _fov_width(fov))
     problem = separable.SeparableProblem(
         bk=bk,
         residual=_Call(residual, "residual"),
@@ -1197,6 +1365,17 @@ def _checked(
     if not (w0 is None or isinstance(w0, str)):
         _host_motions(w0, mo, inp.frames.shape[0], "w0")
     return mo
+
+
+def _fov_width(fov: Any) -> float:
+    """The field-of-view ramp width in cells: True is :data:`FOV_WIDTH`, False or 0 off."""
+    if fov is True:
+        return FOV_WIDTH
+    if fov is False or fov is None:
+        return 0.0
+    if isinstance(fov, (int, float, np.integer, np.floating)) and math.isfinite(fov) and fov >= 0:
+        return float(fov)
+    raise ValueError(f"fov must be True, False or a ramp width in cells >= 0, got {fov!r}")
 
 
 def _pair(name: str, value: Any) -> tuple[int, int]:
@@ -1335,7 +1514,6 @@ def varpro_projected(
     free = _free_index(P)
     device = array_api_compat.device(w0)
     free_arr = xp.asarray(free, device=device)
-    blocks = _blocks_kernel(bk, P.residual)
     state = {"key": None, "c": None, "inner": 0}
     timings = {"jacobian": 0.0}
 
@@ -1357,8 +1535,7 @@ def varpro_projected(
     def hessian(x):
         t = time.perf_counter()
         w = separable._assemble(sp, w0, x)
-        H, J = blocks(w, *data)
-        G = _assemble_gram(bk, H, P.projected_gram(J), free_arr)
+        G = P.reduced_gram(w, inner(x), free_arr)
         timings["jacobian"] += time.perf_counter() - t
         return LinearOperator.from_matrix(G)
 
@@ -1442,6 +1619,8 @@ def solve(
     inner_rtol: float = 1e-10,
     inner_max_iter: int = 500,
     unrolled_iterations: int = 50,
+    fov: bool | float = True,
+    levels: int | None = None,
     callback: Callable | None = None,
     verbose: bool = False,
 ) -> DynamicsResult:
@@ -1473,10 +1652,34 @@ def solve(
         motion is not fixed (a mean-motion gauge would couple the frames, which the engine's
         frame-by-frame block solves do not allow).
     w0
-        Starting motions (N, p). Default: for affine and rigid motion, :func:`frame_by_frame`
-        registration to the reference frame (SSD); for nonparametric motion, the identity.
-        ``"identity"``: the identity for every frame. The reference frame's row is set to the
-        identity whatever is given (the gauge).
+        Starting motions (N, p), ``"identity"`` or ``"ssd"``. Default (None): the identity,
+        refined coarse to fine by the coupled solve itself (``levels``), so that nothing
+        relies on contrast-free early frames. ``"ssd"``: :func:`frame_by_frame` registration to
+        the reference frame (SSD; affine and rigid only), which contrast changes bias. The
+        reference frame's row is set to the identity whatever is given (the gauge).
+    fov
+        Respect the frames' field of view (default True): a frame is unknown, not dark,
+        outside its own domain ω, so cells whose point y(w_k, x) leaves ω are left out of
+        frame k's data term, with a C¹ ramp ``fov`` cells wide (True: :data:`FOV_WIDTH`)
+        at ω's edge (:func:`_fov_weight`, q_k(x) ∈ [0, 1]). Each frame's term is normalised
+        by its in-view fraction, D_k = |ω| · Σ_x h q_k² e_k² / Σ_x h q_k²: the mean squared
+        misfit over the cells it observes, as ITK's and elastix's mean-squares metrics average
+        over the samples that map inside the moving image (Klein et al., IEEE TMI 29 (2010)
+        196–205, §II; Ibáñez et al., The ITK Software Guide, "Mean Squares metric"). Without
+        the normalisation, moving tissue out of view lowers the sum simply by dropping
+        cells; with it, dropping cells lowers D_k only where they fit worse than the frame's
+        mean, which at the true motion is the noise level everywhere. With everything in
+        view (q ≡ 1) D_k is the plain SSD. The linear fit's normal matrix then depends on w
+        (solved exactly for ``"regions"``, by CG otherwise) and VarPro's Gauss–Newton matrix
+        includes the weights' derivatives (:meth:`Problem.reduced_gram`). False: every cell
+        counts, zero read outside ω (the study's objective).
+    levels
+        Coarse-to-fine levels of the coupled solve (FAIR's multilevel strategy, §9.4): the
+        frames and masks averaged onto grids halved per level (:func:`multireg.grid.restrict`),
+        each level's motions starting the next; the coarse levels may take
+        :data:`COARSE_ITERATIONS` × ``max_iter`` iterations (they are cheap). Default: down
+        to about 8 cells on the shorter axis when starting from the identity (w0 None),
+        else 1.
     theta
         The frames' spline smoothing weight (FAIR §3.6; 0 interpolates).
     max_iter, tol_j, tol_y, tol_g, inner_rtol, inner_max_iter, unrolled_iterations
@@ -1514,53 +1717,50 @@ def solve(
     if not isinstance(verbose, bool):
         raise TypeError(f"verbose must be True or False, not {verbose!r}")
     if isinstance(w0, str):
-        _checks.choice("w0", w0, ("identity",))
+        _checks.choice("w0", w0, ("identity", "ssd"))
+        if w0 == "ssd" and motion == "nonparametric":
+            raise ValueError("w0='ssd' needs affine or rigid motion")
+    fov = _fov_width(fov)
+    domains = _level_domains(inp.domain, levels, default=1 if _given(w0) else None)
     # everything else, the model's needs included, before the pre-registration's 30-40 s
     _checked(inp, spec, motion, w0, p, beta, theta, inner_rtol, inner_max_iter)
     started = time.perf_counter()
     timings = {}
-    n_frames = inp.frames.shape[0]
-    if isinstance(w0, str):
-        w0 = None
-    elif w0 is None and motion != "nonparametric":
+    if isinstance(w0, str) and w0 == "ssd":
         pre = frame_by_frame(
             inp.frames, omega, ref=0 if inp.ref is None else inp.ref, motion=motion,
             backend=inp.bk, dtype=dtype, theta=theta,
         )  # fmt: skip
         w0 = pre.w
         timings["preregistration"] = pre.timings["total"]
-    P = _build(
-        inp, motion=motion, model=spec, w0=w0, p=p, beta=beta, theta=theta,
-        inner_rtol=inner_rtol, inner_max_iter=inner_max_iter,
-    )  # fmt: skip
-    mo = P.residual.motion
-    dtype_, device = inp.frames.dtype, array_api_compat.device(inp.frames)
-    w_start = _motions(inp.bk, w0, mo, n_frames, dtype_, device)
-    gauge = P.separable.fixed[0]
-    w_start = _with_identity(inp.bk, w_start, gauge, mo)
-    t_build = time.perf_counter()
-    timings["build"] = t_build - started - timings.get("preregistration", 0.0)
+    elif isinstance(w0, str):
+        w0 = None
     options = dict(max_iter=max_iter, tol_j=tol_j, tol_y=tol_y, tol_g=tol_g, verbose=verbose)
     if callback is not None:
         options["callback"] = callback
-    if method == "varpro" and jacobian == "projected":
-        res = varpro_projected(P, w_start, **options)
-    else:
-        c0 = P.inner(w_start)
-        common = dict(inner_rtol=inner_rtol, inner_max_iter=inner_max_iter, **options)
-        if method == "varpro":
-            res = separable.varpro(
-                P.separable, w_start, c0, jacobian=jacobian,
-                unrolled_iterations=unrolled_iterations, **common,
-            )  # fmt: skip
-        elif method == "bcd":
-            res = separable.bcd(P.separable, w_start, c0, **common)
-        else:
-            # LAP's inner tolerance is that of its projected step (an inexact Gauss–Newton
-            # step, its own default), not of the linear fit
-            res = separable.lap(P.separable, w_start, c0, **options)
-    timings["solve"] = time.perf_counter() - t_build
+    build = dict(motion=motion, model=spec, p=p, beta=beta, theta=theta, fov=fov,
+                 inner_rtol=inner_rtol, inner_max_iter=inner_max_iter)  # fmt: skip
+    run = dict(method=method, jacobian=jacobian, unrolled_iterations=unrolled_iterations,
+               options=options)  # fmt: skip
+    t_level = time.perf_counter()
+    w_level, coarse = w0, []
+    # the coarse levels are cheap (a quarter of the cells per level) and carry the large
+    # motion: measured on large_motion_phantom (±20 mm), 20 iterations at 24×10 left frames in
+    # a wrong basin that 100 left for the finer levels to refine
+    coarse_run = dict(run, options=dict(options, max_iter=COARSE_ITERATIONS * max_iter))
+    for domain in domains[:-1]:
+        P, res = _coupled(_restricted(inp, domain), w_level, build, coarse_run)
+        w_level = res.w
+        coarse.append(f"{domain.m[0]}×{domain.m[1]}: {res.status.name.lower()}, "
+                      f"{res.iterations} it")  # fmt: skip
+    if coarse:
+        timings["coarse_levels"] = time.perf_counter() - t_level
+    P, res = _coupled(inp, w_level, build, run)
+    timings["solve"] = time.perf_counter() - t_level
     timings["total"] = time.perf_counter() - started
+    message = res.result.message
+    if coarse:
+        message += " (coarse levels " + "; ".join(coarse) + ")"
     return _result(
         P,
         res.w,
@@ -1568,12 +1768,70 @@ def solve(
         method=method,
         jacobian=jacobian if method == "varpro" else "-",
         status=res.status,
-        message=res.result.message,
+        message=message,
         iterations=res.iterations,
         history=res.result.history,
         timings={**timings, **{f"solver_{k}": v for k, v in res.timings.items()}},
         sep=res,
     )
+
+
+def _given(w0: Any) -> bool:
+    """Whether the caller gave starting motions (an array or 'ssd')."""
+    return w0 is not None and not (isinstance(w0, str) and w0 == "identity")
+
+
+def _level_domains(domain: Domain, levels: Any, *, default: int | None) -> list[Domain]:
+    """The coupled solve's grids, coarsest first, finest = ``domain``; ``levels`` None: the
+    ``default`` count, or (None) down to about 8 cells on the shorter axis."""
+    from multireg.grid import pyramid_domains
+
+    if levels is None:
+        levels = len(pyramid_domains(domain, min_size=8)) if default is None else default
+    elif isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+    grids = pyramid_domains(domain, min_size=4)
+    return grids[-min(int(levels), len(grids)) :]
+
+
+def _restricted(inp: _Input, domain: Domain) -> _Input:
+    """The input averaged onto the coarser grid ``domain`` (same ω): frames and masks."""
+    from multireg.grid import restrict
+
+    xp = inp.bk.xp
+    frames = xp.stack([restrict(inp.frames[k, ...], inp.domain, domain)
+                       for k in range(inp.frames.shape[0])])  # fmt: skip
+    masks = None
+    if inp.masks is not None:
+        masks = np.stack([np.clip(np.asarray(restrict(m_, inp.domain, domain)), 0.0, 1.0)
+                          for m_ in inp.masks])  # fmt: skip
+    return _Input(inp.bk, frames, inp.times, domain, masks, inp.names, inp.ref)
+
+
+def _coupled(inp: _Input, w0: Any, build: dict, run: dict):
+    """One coupled solve on ``inp``'s grid from w0 (None: the identity): (problem, result)."""
+    P = _build(inp, w0=w0, **build)
+    mo = P.residual.motion
+    dtype_, device = inp.frames.dtype, array_api_compat.device(inp.frames)
+    w_start = _motions(inp.bk, w0, mo, inp.frames.shape[0], dtype_, device)
+    w_start = _with_identity(inp.bk, w_start, P.separable.fixed[0], mo)
+    method, jacobian, options = run["method"], run["jacobian"], run["options"]
+    if method == "varpro" and jacobian == "projected":
+        return P, varpro_projected(P, w_start, **options)
+    c0 = P.inner(w_start)
+    common = dict(inner_rtol=P.inner_rtol, inner_max_iter=P.inner_max_iter, **options)
+    if method == "varpro":
+        res = separable.varpro(
+            P.separable, w_start, c0, jacobian=jacobian,
+            unrolled_iterations=run["unrolled_iterations"], **common,
+        )  # fmt: skip
+    elif method == "bcd":
+        res = separable.bcd(P.separable, w_start, c0, **common)
+    else:
+        # LAP's inner tolerance is that of its projected step (an inexact Gauss–Newton
+        # step, its own default), not of the linear fit
+        res = separable.lap(P.separable, w_start, c0, **options)
+    return P, res
 
 
 def _with_identity(bk: Any, w: Array, k: int, mo: _Motion) -> Array:
@@ -1604,6 +1862,7 @@ def fit(
     dtype: str = "float64",
     inner_rtol: float = 1e-10,
     inner_max_iter: int = 500,
+    fov: bool | float = True,
 ) -> DynamicsResult:
     """The linear model fit alone at fixed motions ``w`` (N, p); ``w=None``: the identity, i.e.
     no registration. The options are :func:`solve`'s."""
@@ -1612,6 +1871,7 @@ def fit(
     P = _build(
         inp, motion=motion, model=_model_spec(model, alpha, n_basis, basis), w0=w, p=p,
         beta=beta, theta=theta, inner_rtol=inner_rtol, inner_max_iter=inner_max_iter,
+        fov=_fov_width(fov),
     )  # fmt: skip
     mo = P.residual.motion
     device = array_api_compat.device(inp.frames)
