@@ -1,15 +1,18 @@
-"""Many registrations: a serial loop vs register_many on a process pool and on Dask (issue 16).
+"""Many registrations: a serial loop vs register_batch, and register_many on a process pool and on
+Dask (issue 16).
 
-    python bench/scale.py [--quick] [--pairs N] [--backend jax|torch] [--workers 2] [--out PATH]
+    python bench/scale.py [--quick] [--pairs N] [--backend jax|torch] [--workers 2]
+                          [--no-executors] [--out PATH]
 
 Pairs: a synthetic series (blobs moved by small random affine maps, seed 0), 2-D 128² (and 3-D
 32³ unless --quick), each registered affine MLPIR (θ = 1e-2, 3 levels). Rows, side by side in one
-run: the loop in this process (warm: after one pair compiled the kernels), register_many on a
-spawned process pool of ``--workers`` processes, and on a Dask ``LocalCluster`` with as many
-single-threaded worker processes (if dask.distributed is installed). Throughput is pairs per
-second of wall time, including the workers' start and their first compilations (that is what a
-user pays once per run); peak memory is the largest resident set of one worker (ru_maxrss of the
-children, or each Dask worker's own report).
+run: the loop in this process (warm: after one pair compiled the kernels), register_batch in this
+process (all pairs in one batch onto the one reference; first call, which compiles its kernels,
+and warm), register_many on a spawned process pool of ``--workers`` processes, and on a Dask
+``LocalCluster`` with as many single-threaded worker processes (if dask.distributed is
+installed). Throughput is pairs per second of wall time, including the workers' start and their
+first compilations (that is what a user pays once per run); peak memory is the largest resident
+set of one worker (ru_maxrss of the children, or each Dask worker's own report).
 
 Every pair is checked against the loop's result (max |Δw|), so a fast wrong row cannot pass.
 """
@@ -58,6 +61,10 @@ def series(n: int, m: tuple[int, ...], seed: int = 0):
     return pairs, omega
 
 
+def _self_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _worker_peak_mb(*_: object) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -103,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", type=int, default=None, help="pairs per case (default 64)")
     p.add_argument("--backend", default="jax", choices=("jax", "torch"))
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-executors", action="store_true", help="no pool and Dask rows")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     # one thread everywhere, here as in the workers (register_many sends the same): the JAX
@@ -115,6 +123,7 @@ def main(argv=None) -> int:
     from _harness import table, write_report
 
     import multireg
+    from multireg.batch import register_batch
     from multireg.many import register_many
 
     n = args.pairs or (16 if args.quick else 64)
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
         t_loop = time.perf_counter() - t0
         bk = multireg.get_backend(args.backend)
         w_loop = np.stack([bk.to_numpy(r.w) for r in loop])
-        rss_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_self = _self_peak_mb()
         rows.append({
             "case": label, "how": "loop in one process (warm)", "workers": 1,
             "wall": f"{t_loop:.1f} s", "pairs/s": f"{n / t_loop:.2f}", "vs loop": "1.00",
@@ -140,7 +149,24 @@ def main(argv=None) -> int:
         })  # fmt: skip
         print("  " + " | ".join(map(str, rows[-1].values())), flush=True)
 
-        for how, make in executors(args.workers):
+        Ts, R = [T for T, _ in pairs], pairs[0][1]  # a series onto one reference
+        for run in ("first call (compiles)", "warm"):
+            t0 = time.perf_counter()
+            res = register_batch(Ts, R, omega, backend=args.backend, **options)
+            t = time.perf_counter() - t0
+            dw = float(np.max(np.abs(np.stack([bk.to_numpy(r.w) for r in res]) - w_loop)))
+            same = all(r.iterations == x.iterations and r.status is x.status
+                       for r, x in zip(res, loop, strict=True))  # fmt: skip
+            rows.append({
+                "case": label, "how": f"register_batch, one batch, {run}", "workers": 1,
+                "wall": f"{t:.1f} s", "pairs/s": f"{n / t:.2f}", "vs loop": f"{t_loop / t:.2f}",
+                "peak MB / worker": f"{_self_peak_mb():.0f} (this process)",
+                "max |Δw|": f"{dw:.1e}" + ("" if same else " (iterations or statuses differ)"),
+                "failed": sum(r.status.value != "converged" for r in res),
+            })  # fmt: skip
+            print("  " + " | ".join(map(str, rows[-1].values())), flush=True)
+
+        for how, make in [] if args.no_executors else executors(args.workers):
             with make() as (ex, memory):
                 for run in ("first run (workers start)", "warm"):
                     t0 = time.perf_counter()
@@ -161,11 +187,12 @@ def main(argv=None) -> int:
     columns = ["case", "how", "workers", "wall", "pairs/s", "vs loop", "peak MB / worker",
                "max |Δw|", "failed"]  # fmt: skip
     text = "\n".join([
-        "# Many registrations: loop vs register_many",
+        "# Many registrations: loop vs register_batch vs register_many",
         "",
         f"{n} pairs per case, affine MLPIR (θ = 1e-2, 3 levels), backend {args.backend}, "
-        f"1 thread per worker, {os.cpu_count()} CPUs; {elapsed:.0f} s in all. Batched evaluation "
-        "on one device (register_batch) is not built yet: no row. Each executor runs the pairs "
+        f"1 thread per worker, {os.cpu_count()} CPUs; {elapsed:.0f} s in all. register_batch "
+        "evaluates every pair's kernels in one call per step (peak memory: this process's high-"
+        "water mark so far, loop included). Each executor runs the pairs "
         "twice: first with the workers starting (their first pair traces the kernels and loads "
         "them from the compilation cache), then warm.",
         "",
