@@ -1,6 +1,7 @@
 """Time to first result: what a user meets in a new process, next to the warm numbers (issue 13).
 
-    python bench/first_call.py [--quick] [--threads N] [--fair-data DIR] [--out PATH]
+    python bench/first_call.py [--quick] [--cases affine,elastic] [--backends jax,torch]
+                               [--threads N] [--fair-data DIR] [--out PATH]
 
 Every row is measured in new processes started by this script, side by side in one run:
 
@@ -178,6 +179,12 @@ def counts_text(c: dict | None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="affine rows and SimpleITK only")
+    p.add_argument(
+        "--cases", default=None, help="comma-separated cases (affine, elastic; default all)"
+    )
+    p.add_argument(
+        "--backends", default=None, help="comma-separated backends (default: jax and torch)"
+    )
     p.add_argument("--threads", type=int, default=1, help="threads for every library (default 1)")
     p.add_argument("--fair-data", default=os.environ.get("MULTIREG_FAIR_DATA"))
     p.add_argument("--out", default=None, help="report path (default bench/out/first_call.md)")
@@ -193,6 +200,8 @@ def main(argv=None) -> int:
     from multireg import available_backends
 
     backends = [b for b in ("jax", "torch") if b in available_backends()]
+    if args.backends:
+        backends = [b for b in backends if b in args.backends.split(",")]
     env = thread_env(args.threads)
     files = images(args.fair_data)[3]
     data = "FAIR hands 128²" if files else "synthetic blobs 128² (FAIR data not found)"
@@ -217,6 +226,8 @@ def main(argv=None) -> int:
         print("  " + " | ".join(str(v) for v in rows[-1].values()), flush=True)
 
     cases = ["affine"] if args.quick else ["affine", "elastic"]
+    if args.cases:
+        cases = [c for c in args.cases.split(",") if c in CASES]
     with tempfile.TemporaryDirectory(prefix="multireg-bench-cache-") as tmp:
         for case in cases:
             print(f"case: hands {case}", flush=True)

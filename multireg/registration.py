@@ -651,21 +651,34 @@ def _pyramid(bk: Any, domain: Domain, selected: list[Domain], T: Any, R: Any) ->
 # ------------------------------------------------------------------------------ parametric
 
 
-def _image_and_gradient(bk, model, coef, domain, y):
+def _image_and_gradient(bk, evaluate, coef, y):
     """T(y) (shape (n,)) and the pointwise gradient ∇T(y) (shape (n, d)) from one pullback:
     T(y_i) depends on y_i only, so the pullback of a vector of ones is the gradient."""
-    Tc, pullback = bk.vjp(lambda u: model.evaluate(coef, domain, u), y)
+    Tc, pullback = bk.vjp(lambda u: evaluate(coef, u), y)
     return Tc, pullback(bk.xp.ones_like(Tc))
 
 
-def _level_values(xp, model, d, T, R):
+@functools.lru_cache(maxsize=64)
+def _evaluator(bk, model, domain):
+    """``model.evaluate`` on ``domain`` as a function of (coef, x). On a backend whose compiled
+    functions nest (``bk.nests_jit``: JAX), a compiled function: every kernel that calls it
+    then reuses its traced program, where tracing the spline's 4^d stencil was the largest part
+    of tracing each kernel. The image model's θ is not read here (only by its coefficients)."""
+
+    def evaluate(coef, x):
+        return model.evaluate(coef, domain, x)
+
+    return bk.jit(evaluate) if getattr(bk, "nests_jit", False) else evaluate
+
+
+def _level_values(xp, model, evaluate, d, T, R):
     """Template coefficients, the reference at the cell centres and the grid (FAIR), traced."""
     x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
     coef = model.coefficients(T)
     Rc = R
     if model.kind == "spline":
         # FAIR smooths R with the same θ when θ ≠ 0; θ is an array here, so select by value
-        smooth = xp.reshape(model.evaluate(model.coefficients(R), d, x), d.m)
+        smooth = xp.reshape(evaluate(model.coefficients(R), x), d.m)
         Rc = xp.where(model.theta != 0, smooth, R)
     return coef, Rc, x
 
@@ -687,12 +700,13 @@ def _parametric_kernels(bk, trafo, model, dist, domain):
     and the result. ``model`` and ``dist`` are structures (:func:`_split_data`): every kernel
     takes their hyper-parameters as its argument ``hyper``."""
     xp = bk.xp
+    evaluate = _evaluator(bk, model, domain)
 
     def bound(hyper):
         return _with_fields(model, hyper["model"]), _with_fields(dist, hyper["dist"])
 
     def warped(w, hyper, coef, x):
-        return xp.reshape(bound(hyper)[0].evaluate(coef, domain, trafo(w, x)), domain.m)
+        return xp.reshape(evaluate(coef, trafo(w, x)), domain.m)
 
     def residual(w, hyper, coef, Rc, x):
         return bound(hyper)[1].residual(warped(w, hyper, coef, x), Rc, domain)
@@ -704,7 +718,7 @@ def _parametric_kernels(bk, trafo, model, dist, domain):
         """The level's data (:func:`_level_values`) and [J(identity), D(0, R), D(R, R)]: one
         program, not one per quantity."""
         model_, dist_ = bound(hyper)
-        coef, Rc, x = _level_values(xp, model_, domain, T, R)
+        coef, Rc, x = _level_values(xp, model_, evaluate, domain, T, R)
         w_id = trafo.identity(xp, dtype=T.dtype, device=_device(T))
         stats = xp.stack([J(w_id, hyper, coef, Rc, x), *_scale_values(xp, dist_, domain, Rc)])
         return coef, Rc, x, stats
@@ -718,8 +732,8 @@ def _parametric_kernels(bk, trafo, model, dist, domain):
     def gn_matrix(w, hyper, coef, Rc, x):
         """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR's factorisation, book §6.3): one pullback
         gives the pointwise image gradient dT, so the stencil is not pushed once per parameter."""
-        model_, dist_ = bound(hyper)
-        Tc, dT = _image_and_gradient(bk, model_, coef, domain, trafo(w, x))
+        dist_ = bound(hyper)[1]
+        Tc, dT = _image_and_gradient(bk, evaluate, coef, trafo(w, x))
         dy = bk.jacobian(lambda v: trafo(v, x))(w)  # (n, d, p); cheap: no interpolation
         JT = sum(dT[:, k, None] * dy[:, k, :] for k in range(domain.dim))  # (n, p)
         T0 = xp.reshape(Tc, domain.m)
@@ -864,6 +878,7 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=
     xp = bk.xp
     kind = reg.kind
     radius = getattr(dist, "residual_radius", None)
+    evaluate = _evaluator(bk, model, domain)
 
     def bound(hyper):
         return (
@@ -876,8 +891,8 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=
         return gridops.to_cell_centers(y, domain, kind)
 
     def distance_value(y, hyper, coef, Rc):
-        model_, dist_, _ = bound(hyper)
-        Tc = xp.reshape(model_.evaluate(coef, domain, points(y)), domain.m)
+        Tc = xp.reshape(evaluate(coef, points(y)), domain.m)
+        dist_ = bound(hyper)[1]
         return dist_(Tc, Rc, domain)
 
     def J(y, hyper, coef, Rc, y_ref):
@@ -888,7 +903,7 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=
         """The level's data, the identity grid x, y_ref (the pre-registration's map on x),
         diag(S''), and [J(x), D(x), D(0, R), D(R, R)]: one program, not one per quantity."""
         model_, dist_, reg_ = bound(hyper)
-        coef, Rc, _ = _level_values(xp, model_, domain, T, R)
+        coef, Rc, _ = _level_values(xp, model_, evaluate, domain, T, R)
         dtype, device = T.dtype, _device(T)
         x_grid = gridops.identity_grid(domain, kind, xp, dtype=dtype, device=device)
         if pre_trafo is None:
@@ -901,22 +916,28 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=
         stats = xp.stack([j_id, d_id, *_scale_values(xp, dist_, domain, Rc)])
         return coef, Rc, x_grid, y_ref, reg_diag, stats
 
-    def result(y, hyper, coef):
-        """P y, T(P y) and det ∇y on the finest level."""
+    def result(y, hyper, coef, Rc):
+        """D(y), P y, T(P y) and det ∇y: the level's outcome (one program; the last three are
+        read on the finest level only, and cost little on the others)."""
+        dist_ = bound(hyper)[1]
         yc = points(y)
-        warped = xp.reshape(bound(hyper)[0].evaluate(coef, domain, yc), domain.m)
-        return yc, warped, gridops.jacobian_determinant(y, domain, kind)
+        warped = xp.reshape(evaluate(coef, yc), domain.m)
+        det = gridops.jacobian_determinant(y, domain, kind)
+        return dist_(warped, Rc, domain), yc, warped, det
 
     def value_and_grad(y, hyper, coef, Rc, y_ref):
         return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, y_ref))(y)
 
-    def linearise(y, hyper, coef, Rc):
-        """Pointwise image gradients dT (n, d), the residual and its GN weight at y."""
-        model_, dist_, _ = bound(hyper)
-        Tc, dT = _image_and_gradient(bk, model_, coef, domain, points(y))
+    def linearise(y, hyper, coef, Rc, reg_diag):
+        """Pointwise image gradients dT (n, d), the residual and its GN weight at y, and the
+        diagonal of H_GN: diag(S'') plus the data term's where that has a closed form (a
+        pointwise residual; the caller adds the probed one of a residual with a radius)."""
+        dist_ = bound(hyper)[1]
+        Tc, dT = _image_and_gradient(bk, evaluate, coef, points(y))
         r = dist_.residual(xp.reshape(Tc, domain.m), Rc, domain)
         W = dist_.gn_weight(r, Rc, domain)
-        return dT, xp.reshape(Tc, domain.m), W
+        diagonal = reg_diag + gn_diagonal(dT, W) if radius == 0 else reg_diag
+        return dT, xp.reshape(Tc, domain.m), W, diagonal
 
     def data_matvec(v, dist_, dT, Tc, W, Rc):
         """Pᵀ dTᵀ J_rᵀ W J_r dT P v, the data term of the GN operator."""
@@ -955,11 +976,9 @@ def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=
         J=jit(J),
         hvp=jit(hvp),
         probe=jit(probe),
-        distance=jit(distance_value),
         value_and_grad=jit(value_and_grad),
         linearise=jit(linearise),
         gn_matvec=jit(gn_matvec),
-        gn_diagonal=jit(gn_diagonal),
     )
 
 
@@ -1003,11 +1022,11 @@ def _nonparametric(
         cb = _level_callback(callback, verbose, "nonparametric", d, units)
         res = _solve(method, objective, y, options, x_grid, j_stop, _j_scale(scale), cb)
         y = res.x
-        final = float(bk.to_numpy(kernels["distance"](y, hyper, coef, Rc)))
+        final, yc, warped, det = kernels["result"](y, hyper, coef, Rc)
+        final = float(bk.to_numpy(final))
         results.append(LevelResult("nonparametric", d, units.result(res), units.j(final)))
         previous = d
-    yc, warped, det = kernels["result"](y, hyper, coef)  # the finest level's
-    warped = units.image(bk, warped)
+    warped = units.image(bk, warped)  # the finest level's
     if det_method == "fair":
         from multireg.metrics import fair_jacobian_determinant
 
@@ -1102,22 +1121,14 @@ def _nonparametric_objective(bk, kernels, problem, domain, data, y_ref, reg_diag
         colours = [
             xp.asarray(c, device=device) for c in _colours(domain, problem.reg.kind, radius)
         ]
-    elif radius is None:
-        no_diagonal = xp.zeros_like(reg_diag)
-
-    def data_diagonal(dT, Tc, W):
-        """The exact diagonal of the data term: the closed form for a pointwise residual,
-        else probing (NGF: 24 products in 2D; the pointwise formula was off by 180 % there and
-        made Jacobi preconditioning worse than none); without a radius, none."""
-        if radius == 0:
-            return kernels["gn_diagonal"](dT, W)
-        if radius is None:
-            return no_diagonal
-        return sum(kernels["probe"](c, hyper, dT, Tc, W, Rc) for c in colours)
 
     def gauss_newton(y):
-        dT, Tc, W = kernels["linearise"](y, hyper, coef, Rc)
-        diagonal = data_diagonal(dT, Tc, W) + reg_diag
+        # The exact diagonal of the data term: the closed form for a pointwise residual (in
+        # linearise), else probing (NGF: 24 products in 2D; the pointwise formula was off by
+        # 180 % there and made Jacobi preconditioning worse than none); without a radius, none.
+        dT, Tc, W, diagonal = kernels["linearise"](y, hyper, coef, Rc, reg_diag)
+        if radius:
+            diagonal = diagonal + sum(kernels["probe"](c, hyper, dT, Tc, W, Rc) for c in colours)
         return LinearOperator(
             matvec=lambda v: kernels["gn_matvec"](v, hyper, dT, Tc, W, Rc), diagonal=diagonal
         )

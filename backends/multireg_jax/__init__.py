@@ -53,6 +53,9 @@ class JaxBackend:
     requires: tuple[str, ...] = ("jax",)
     extra = "jax"
     differentiable = True
+    nests_jit = True
+    """A jitted function called while another is traced keeps its own traced program (JAX
+    caches it by argument shapes), so shared sub-computations are traced once."""
 
     @staticmethod
     def owns(x: Any) -> bool:
