@@ -2421,6 +2421,13 @@ def _register_many(args) -> int:
         if nonparametric:
             planned.append(out / r["id"] / "y_grid.npy")
     io.OutputSet(planned, overwrite=args.overwrite, protect=inputs)  # refused before any work
+    for r in rows:  # a file of an earlier run that this one would leave beside its own
+        stale = out / r["id"] / "y_grid.npy"
+        if not nonparametric and (stale.exists() or stale.is_symlink()):
+            raise ValueError(
+                f"{stale}: left by an earlier nonparametric run; this run writes no y_grid.npy "
+                "and would leave it beside its own outputs: remove it (or choose another --out)"
+            )
     levels = args.levels if args.levels != 1 else None
     options = _registration_kwargs(args, levels)
     backend = args.backend or _cli_default_backend()

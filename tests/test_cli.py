@@ -838,6 +838,10 @@ def test_register_many_bad_manifest_fails_before_any_work(tmp_path, capsys, monk
     code, _, err = _run(capsys, "register-many", manifest, "--out", tmp_path / "o2")
     assert code == 2 and "--overwrite" in _one_line_error(err)
     assert (tmp_path / "o2" / "summary.csv").read_text() == "old"
+    (tmp_path / "o2" / "s0").mkdir()  # an earlier nonparametric run's pair folder
+    np.save(tmp_path / "o2" / "s0" / "y_grid.npy", np.zeros(3))
+    code, _, err = _run(capsys, "register-many", manifest, "--out", tmp_path / "o2", "--overwrite")
+    assert code == 2 and "y_grid.npy" in _one_line_error(err)  # not a folder of two runs
 
 
 def test_register_many_ctrl_c_cancels_and_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
