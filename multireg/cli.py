@@ -421,12 +421,18 @@ def _module_choices(module: str, name: str, fallback: tuple[str, ...]) -> tuple[
         return fallback
 
 
-def _add_distance(g) -> None:
+def _add_distance(g, *, fair: bool = False) -> None:
     g.add_argument(
         "--distance",
-        choices=("ssd", "ncc", "ngf", "mi"),
+        choices=("ssd", "ncc", "ngf", "mi", "mi-gn") if fair else ("ssd", "ncc", "ngf", "mi"),
         default="ssd",
-        help="distance measure (mi needs --method lbfgs, trust-region or newton)",
+        help="distance measure (mi needs --method lbfgs, trust-region or newton"
+        + (
+            "; mi-gn: FAIR's Gauss-Newton MI, its joint histogram as the residual and a "
+            "heuristic curvature)"
+            if fair
+            else ")"
+        ),
     )
 
 
@@ -449,7 +455,7 @@ def _add_registration_options(parser) -> None:
         metavar="P1,P2[,P3]",
         help="control grid of --transform bspline (cells per axis)",
     )
-    _add_distance(g)
+    _add_distance(g, fair=True)
     g.add_argument(
         "--image-model",
         choices=("spline", "linear"),
@@ -511,6 +517,38 @@ def _add_registration_options(parser) -> None:
     )
     g.add_argument(
         "--tol-g", type=_nonnegative, default=1e-2, help="relative gradient norm (FAIR's tolG)"
+    )
+    g = parser.add_argument_group(
+        "FAIR-exact computations (multireg's defaults serve users better; these reproduce FAIR)"
+    )
+    g.add_argument(
+        "--fair-compat",
+        action="store_true",
+        help="reproduce FAIR's own computations: the three options below take their FAIR "
+        "values unless given, --distance ngf takes FAIR's boundary rows and mi becomes mi-gn",
+    )
+    g.add_argument(
+        "--linear-solver",
+        choices=("pcg", "direct"),
+        default=None,
+        help="Gauss-Newton/Newton system: pcg (default; truncated Jacobi-PCG to the CG "
+        "tolerance) or direct (FAIR: solved exactly, as its backslash)",
+    )
+    g.add_argument(
+        "--prolongation",
+        choices=("linear", "constant"),
+        default=None,
+        help="nonparametric multilevel, the outer half cells of the finer level: linear "
+        "(default; extrapolated, carries an affine map exactly) or constant (FAIR's mfPu: "
+        "copied)",
+    )
+    g.add_argument(
+        "--det-method",
+        choices=("multireg", "fair"),
+        default=None,
+        help="nonparametric det of the Jacobian behind det_min and folds: multireg (default; "
+        "on the unknowns' own grid) or fair (FAIR's 'Jac' on the nodes, whose averaging "
+        "hides some folds)",
     )
 
 
@@ -1398,11 +1436,13 @@ def _settings(args, keys: Sequence[str]) -> dict:
 _REGISTER_SETTINGS = (
     "transform", "p", "distance", "image_model", "theta", "regularizer", "alpha", "mu", "lam",
     "pre_registration", "levels", "method", "max_iter", "tol_j", "tol_y", "tol_g", "spacing",
-    "allow_oblique",
+    "allow_oblique", "fair_compat", "linear_solver", "prolongation", "det_method",
 )  # fmt: skip
 
 
-_NONPARAMETRIC_ONLY = ("regularizer", "alpha", "mu", "lam", "pre_registration")
+_NONPARAMETRIC_ONLY = (
+    "regularizer", "alpha", "mu", "lam", "pre_registration", "prolongation", "det_method",
+)  # fmt: skip
 _PARAMETRIC_SETTINGS = tuple(k for k in _REGISTER_SETTINGS if k not in _NONPARAMETRIC_ONLY)
 
 
@@ -1417,6 +1457,12 @@ def _check_registration_options(args: argparse.Namespace) -> None:
         raise ValueError("--p applies to --transform bspline only")
     if args.p is None and args.transform == "bspline":
         raise ValueError("--transform bspline needs --p (the control grid, e.g. --p 8,8)")
+    # register() ignores these where they do not apply; a command line says so instead
+    if args.linear_solver is not None and args.method not in ("gauss-newton", "newton"):
+        raise ValueError("--linear-solver applies to --method gauss-newton or newton only")
+    for option, value in (("--prolongation", args.prolongation), ("--det-method", args.det_method)):
+        if value is not None and not nonparametric:
+            raise ValueError(f"{option} applies to --transform nonparametric only")
 
 
 def _registration_kwargs(args: argparse.Namespace, levels: Any) -> dict:
@@ -1434,6 +1480,15 @@ def _registration_kwargs(args: argparse.Namespace, levels: Any) -> dict:
         tol_y=args.tol_y,
         tol_g=args.tol_g,
     )
+    if args.distance == "mi-gn":
+        from multireg.distances import MIGaussNewton
+
+        options["distance"] = MIGaussNewton()
+    if args.fair_compat:
+        options["fair_compat"] = True
+    for key in ("linear_solver", "prolongation", "det_method"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
     if args.p is not None:
         options["p"] = tuple(args.p)
     if args.transform == "nonparametric":

@@ -148,6 +148,105 @@ def test_unknown_option_and_bad_values_are_one_line_usage_errors(capsys):
     assert code == 2 and "REFERENCE" in _one_line_error(err)
 
 
+class _Captured(Exception):
+    """Raised by a stand-in for multireg.register once it has recorded its arguments."""
+
+
+def _capture_register(monkeypatch) -> list[dict]:
+    """multireg.register replaced by a stand-in that records its keyword arguments and stops
+    the run (the wiring is under test, not the solver)."""
+    calls: list[dict] = []
+
+    def register(T, R, omega, **kwargs):
+        calls.append(kwargs)
+        raise _Captured("recorded")
+
+    monkeypatch.setattr(multireg, "register", register)
+    return calls
+
+
+FAIR_FLAGS = [
+    (["--fair-compat"], {"fair_compat": True}),
+    (["--linear-solver", "direct"], {"linear_solver": "direct"}),
+    (["--linear-solver", "pcg"], {"linear_solver": "pcg"}),
+    (["--transform", "nonparametric", "--alpha", "1", "--prolongation", "constant"],
+     {"prolongation": "constant"}),
+    (["--transform", "nonparametric", "--alpha", "1", "--det-method", "fair"],
+     {"det_method": "fair"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flags, expected", FAIR_FLAGS)
+def test_fair_exact_options_reach_register(data, tmp_path, capsys, monkeypatch, flags, expected):
+    calls = _capture_register(monkeypatch)
+    code, _, err = _run(capsys, "register", data["T.npy"], data["R.npy"], *flags,
+                        "--backend", FAST, "--out", tmp_path / "out")  # fmt: skip
+    assert code == cli.EXIT_ERROR and "recorded" in err and len(calls) == 1
+    assert {k: calls[0][k] for k in expected} == expected
+    for key in {"fair_compat", "linear_solver", "prolongation", "det_method"} - set(expected):
+        assert key not in calls[0]  # register()'s own default, not one the CLI chose
+
+
+def test_fair_exact_options_reach_register_many(tmp_path, capsys, monkeypatch):
+    import concurrent.futures as cf
+
+    import multireg.many
+    from multireg.distances import MIGaussNewton
+
+    monkeypatch.setattr(multireg.many, "_default_executor", lambda n: cf.ThreadPoolExecutor(n))
+    calls = _capture_register(monkeypatch)
+    manifest = _manifest(tmp_path, n=1)
+    code, _, err = _run(
+        capsys, "register-many", manifest, "--transform", "nonparametric", "--alpha", "1",
+        "--distance", "mi-gn", "--fair-compat", "--linear-solver", "direct",
+        "--prolongation", "constant", "--det-method", "fair", "--backend", FAST,
+        "--workers", "1", "--out", tmp_path / "out", "--quiet",
+    )  # fmt: skip
+    assert code == cli.EXIT_PAIRS_FAILED, err
+    assert "recorded" in (tmp_path / "out" / "summary.csv").read_text()
+    (kwargs,) = calls
+    assert isinstance(kwargs["distance"], MIGaussNewton)
+    assert kwargs["distance"] == MIGaussNewton()  # FAIR's bins and ranges: the class defaults
+    assert (kwargs["fair_compat"], kwargs["linear_solver"]) == (True, "direct")
+    assert (kwargs["prolongation"], kwargs["det_method"]) == ("constant", "fair")
+
+
+def test_mi_gn_distance_registers_and_is_recorded(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "register", data["T.npy"], data["R.npy"], "--distance", "mi-gn",
+                        "--transform", "translation", "--levels", "1", "--max-iter", "3",
+                        "--backend", FAST, "--out", out, "--quiet")  # fmt: skip
+    assert code in (cli.EXIT_OK, cli.EXIT_NOT_CONVERGED), err
+    settings = _result(out)["settings"]
+    assert settings["distance"] == "mi-gn" and settings["fair_compat"] is False
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--linear-solver", "lu"], ["--linear-solver", "invalid choice"]),
+        (["--prolongation", "cubic"], ["--prolongation", "invalid choice"]),
+        (["--det-method", "jac"], ["--det-method", "invalid choice"]),
+        (["--distance", "mi-g"], ["--distance", "invalid choice"]),
+        (["--fair-compat=yes"], ["--fair-compat"]),
+        (["--method", "lbfgs", "--linear-solver", "direct"], ["--linear-solver", "gauss-newton"]),
+        (["--prolongation", "constant"], ["--prolongation", "nonparametric"]),
+        (["--det-method", "fair"], ["--det-method", "nonparametric"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["register", "register-many"])
+def test_bad_fair_exact_options_exit_2_before_any_work(
+    data, tmp_path, capsys, monkeypatch, command, flags, words
+):
+    calls = _capture_register(monkeypatch)
+    inputs = [data["T.npy"], data["R.npy"]] if command == "register" else [_manifest(tmp_path, 1)]
+    code, _, err = _run(capsys, command, *inputs, *flags, "--out", tmp_path / "out")
+    assert code == 2
+    line = _one_line_error(err)
+    assert all(w in line for w in words), line
+    assert not calls and not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------------------- register
 
 
