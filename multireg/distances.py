@@ -503,3 +503,62 @@ def _spread(xp: Any, s: Any, bins: int) -> Any:
 
 def _plogp(xp: Any, p: Any) -> Any:
     return xp.sum(p * xp.log(p + _LOG_TOL))
+
+
+# ----------------------------------------------------------------- field of view (issue 14.1)
+
+
+def fov_weight(y: Any, domain: Domain, width: float = 1.0) -> Any:
+    """q(y) ∈ [0, 1]: how far the points ``y`` (shape ``(..., d)``, physical units) lie inside
+    the box ω of ``domain``, the field of view of the image sampled there.
+
+    q = Π_d s((y_d − a_d)/δ_d) s((b_d − y_d)/δ_d), s the C¹ smoothstep 3t² − 2t³ on [0, 1],
+    δ_d = ``width`` cells: 0 outside ω, where an image is unknown rather than dark (FAIR's
+    image models read 0 there, §3), 1 more than δ inside, C¹ in between so that an objective
+    weighted by it stays differentiable in the transformation."""
+    if not (isinstance(width, numbers.Real) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number of cells, got {width!r}")
+    xp = array_api_compat.array_namespace(y)
+    if y.shape[-1] != domain.dim:
+        raise ValueError(f"y must have {domain.dim} coordinates in its last axis, got {y.shape}")
+    q = None
+    for k in range(domain.dim):
+        d = width * domain.h[k]
+        lo = xp.clip((y[..., k] - domain.lower[k]) / d, 0.0, 1.0)
+        hi = xp.clip((domain.upper[k] - y[..., k]) / d, 0.0, 1.0)
+        s = lo * lo * (3.0 - 2.0 * lo) * hi * hi * (3.0 - 2.0 * hi)
+        q = s if q is None else q * s
+    return q
+
+
+# A floor on the in-view fraction mean(q²): keeps the normalisation defined when (almost)
+# nothing is in view; far below any overlap a registration keeps.
+FOV_FLOOR = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SSDInView(SSD):
+    """SSD over the cells where the template is observed: ``r = q (T − R)/√s``,
+    ``ψ(r) = ½ hd rᵀr``, ``W = hd``, with ``q = weight`` (e.g. :func:`fov_weight` of the
+    transformed points: 0 where the template is sampled outside its own domain) and
+    ``s = max(mean q², FOV_FLOOR)``.
+
+    D = |Ω| · Σ hd q² (T − R)² / Σ hd q²: the mean squared difference over the observed cells,
+    as ITK's and elastix's mean-squares metrics average over the samples that map inside the
+    moving image (S. Klein et al., IEEE TMI 29 (2010) 196–205; The ITK Software Guide,
+    "Mean Squares"). Without the normalisation, moving the template out of view would lower D
+    just by dropping cells. ``weight=None`` (or q ≡ 1) is :class:`SSD`. The weight depends on
+    the transformation, so a caller differentiating D through y passes q computed from y."""
+
+    def residual(self, Tc: Any, Rc: Any, domain: Domain, weight: Any = None) -> Any:
+        xp = _check_images(Tc, Rc, domain)
+        r = xp.reshape(Tc - Rc, (-1,))
+        if weight is None:
+            return r
+        _check_array("weight", weight, domain.m)
+        q = xp.reshape(weight, (-1,))
+        s = xp.mean(q * q)
+        return r * q / xp.sqrt(xp.where(s > FOV_FLOOR, s, FOV_FLOOR))
+
+    def __call__(self, Tc: Any, Rc: Any, domain: Domain, weight: Any = None) -> Any:
+        return self.outer(self.residual(Tc, Rc, domain, weight), Rc, domain)

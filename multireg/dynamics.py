@@ -73,6 +73,7 @@ import numpy as np
 
 from multireg import _bspline, _checks, separable
 from multireg._backend import resolve_backend
+from multireg.distances import FOV_FLOOR, fov_weight
 from multireg.grid import Domain
 from multireg.interpolation import spline_coefficients
 from multireg.optimize import LinearOperator, Objective, Status, gauss_newton
@@ -108,8 +109,9 @@ MOTIONS = ("affine", "rigid", "nonparametric")
 METHODS = ("varpro", "lap", "bcd")
 JACOBIANS = ("projected", *separable.JACOBIANS)
 MODELS = ("regions", "basis")
-# The default field-of-view ramp (cells): wide enough that the weight is C¹ on the scale of the
-# spline's support, narrow enough to keep the frames' border cells (see :func:`_fov_weight`).
+# The default field-of-view ramp (cells, :func:`multireg.distances.fov_weight`): one cell, so
+# a frame's outermost cells keep weight ½ and every other observed cell counts fully (with two,
+# the basis model's CG solve lost accuracy at the border, where the weights were 0.02).
 FOV_WIDTH = 1.0
 # :func:`solve`'s coarse levels run this many times ``max_iter`` Gauss–Newton iterations
 COARSE_ITERATIONS = 5
@@ -822,33 +824,6 @@ def _padded_coefficients(bk: Any, frames: Array, theta: float) -> Array:
     return xp.reshape(xp.stack(out), (-1,))
 
 
-def _smoothstep(t):
-    xp = array_api_compat.array_namespace(t)
-    t = xp.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def _fov_weight(y: Array, domain: Domain, width: float) -> Array:
-    """q(y) in [0, 1]: how far the points y (..., 2) lie inside the frames' field of view ω.
-
-    q = Π_d s((y_d − a_d)/δ_d) s((b_d − y_d)/δ_d) with s the C¹ smoothstep 3t² − 2t³ on
-    [0, 1] and δ_d = ``width`` cells: 0 outside ω (where a frame is unknown, not dark), 1 more
-    than δ inside, C¹ in between so that the objective stays differentiable in the motion."""
-    q = None
-    for k in range(2):
-        d = width * domain.h[k]
-        s = _smoothstep((y[..., k] - domain.lower[k]) / d) * _smoothstep(
-            (domain.upper[k] - y[..., k]) / d
-        )
-        q = s if q is None else q * s
-    return q
-
-
-# A floor on a frame's in-view fraction: keeps the normalisation defined for a frame moved
-# entirely out of view; 1e-3 of ω is far below any overlap a registration keeps.
-_FOV_FLOOR = 1e-3
-
-
 # ---------------------------------------------------------------------------- residual
 
 
@@ -862,7 +837,8 @@ class _Residual:
     motion: _Motion
     kernel: Any
     fov: float = 0.0
-    """Width (cells) of the field-of-view ramp of :func:`_fov_weight`; 0: every cell counts."""
+    """Width (cells) of the field-of-view ramp (:func:`multireg.distances.fov_weight`); 0:
+    every cell counts."""
 
     def _split(self, rest):
         k = self.motion.n_arrays
@@ -874,12 +850,14 @@ class _Residual:
         return _sample(coef, self.motion.points(w, x, *motion_arrays), self.domain)
 
     def view(self, y):
-        """(q, s): the residual weights q_k(x) (N, n) of the points y and each frame's
-        weighted in-view fraction s_k = mean_x q_k² (N, 1), floored at :data:`_FOV_FLOOR`."""
+        """(q, s): the residual weights q_k(x) (N, n) of the points y
+        (:func:`multireg.distances.fov_weight`) and each frame's weighted in-view fraction
+        s_k = mean_x q_k² (N, 1), floored at :data:`multireg.distances.FOV_FLOOR` (as
+        :class:`multireg.distances.SSDInView`)."""
         xp = array_api_compat.array_namespace(y)
-        q = _fov_weight(y, self.domain, self.fov)
+        q = fov_weight(y, self.domain, self.fov)
         s = xp.mean(q * q, axis=1, keepdims=True)
-        return q, xp.where(s > _FOV_FLOOR, s, _FOV_FLOOR)
+        return q, xp.where(s > FOV_FLOOR, s, FOV_FLOOR)
 
     def weights(self, w, coef, x, *rest):
         """q_k²/s_k (N, n): each cell's weight in frame k's data term (1 without ``fov``)."""
@@ -1665,21 +1643,24 @@ def solve(
         the reference frame (SSD; affine and rigid only), which contrast changes bias. The
         reference frame's row is set to the identity whatever is given (the gauge).
     fov
-        Respect the frames' field of view (default True): a frame is unknown, not dark,
-        outside its own domain ω, so cells whose point y(w_k, x) leaves ω are left out of
-        frame k's data term, with a C¹ ramp ``fov`` cells wide (True: :data:`FOV_WIDTH`)
-        at ω's edge (:func:`_fov_weight`, q_k(x) ∈ [0, 1]). Each frame's term is normalised
-        by its in-view fraction, D_k = |ω| · Σ_x h q_k² e_k² / Σ_x h q_k²: the mean squared
-        misfit over the cells it observes, as ITK's and elastix's mean-squares metrics average
-        over the samples that map inside the moving image (Klein et al., IEEE TMI 29 (2010)
-        196–205, §II; Ibáñez et al., The ITK Software Guide, "Mean Squares metric"). Without
-        the normalisation, moving tissue out of view lowers the sum simply by dropping
-        cells; with it, dropping cells lowers D_k only where they fit worse than the frame's
-        mean, which at the true motion is the noise level everywhere. With everything in
-        view (q ≡ 1) D_k is the plain SSD. The linear fit's normal matrix then depends on w
-        (solved exactly for ``"regions"``, by CG otherwise) and VarPro's Gauss–Newton matrix
-        includes the weights' derivatives (:meth:`Problem.reduced_gram`). False: every cell
-        counts, zero read outside ω (the study's objective).
+        Respect the frames' field of view (default True): a frame is unknown, not dark, outside its
+        own domain ω, so cells whose point y(w_k, x) leaves ω are left out of frame k's data term,
+        with a C¹ ramp ``fov`` cells wide (True: :data:`FOV_WIDTH`) at ω's edge
+        (:func:`multireg.distances.fov_weight`, q_k(x) ∈ [0, 1]). Each frame's term is normalised by
+        its in-view fraction, D_k = |ω| · Σ_x h q_k² e_k² / Σ_x h q_k²: the mean squared misfit over
+        the cells it observes, as ITK's and elastix's mean-squares metrics average over the samples
+        that map inside the moving image (Klein et al., IEEE TMI 29 (2010) 196–205, §II; Ibáñez et
+        al., The ITK Software Guide, "Mean Squares metric"). Without the normalisation, moving
+        tissue out of view lowers the sum simply by dropping cells; with it, dropping cells lowers
+        D_k only where they fit worse than the frame's mean, which at the true motion is the noise
+        level everywhere. With everything in view (q ≡ 1) D_k is the plain SSD. The linear fit's
+        normal matrix then depends on w (solved exactly for ``"regions"``, by CG otherwise) and
+        VarPro's Gauss–Newton matrix includes the weights' derivatives
+        (:meth:`Problem.reduced_gram`). False: every cell counts, zero read outside ω (the study's
+        objective). A known limit of the normalised form (ITK's too): far from the truth a
+        small overlap of uniform tissue can score well; an exhaustive translation search at the
+        coarsest level (24×10 cells) picked such shifts (±24 mm) for some frames, so the solve
+        relies on the coarse-to-fine Gauss–Newton path instead.
     levels
         Coarse-to-fine levels of the coupled solve (FAIR's multilevel strategy, §9.4): the
         frames and masks averaged onto grids halved per level (:func:`multireg.grid.restrict`),

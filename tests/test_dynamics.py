@@ -181,29 +181,39 @@ def test_fov_objective_prefers_the_true_motion(ad_bk, large):
     assert 0 <= J(ph.w, True) - new.objective < 0.05 * sigma2
 
 
-def test_fov_weights():
+def test_fov_weights(ad_bk):
     """The weights are 1 inside the view, 0 outside, C¹ between; each frame's data term is
-    normalised by its in-view fraction, so dropping cells cannot lower it by itself."""
+    normalised by its in-view fraction, so dropping cells cannot lower it by itself. The
+    registration distance SSDInView is the same normalised SSD."""
     import array_api_compat.numpy as xnp
 
+    from multireg.distances import SSD, SSDInView, fov_weight
     from multireg.grid import Domain
 
     domain = Domain((0.0, 10.0, 0.0, 8.0), (10, 8))
     y = np.array([[[5.0, 4.0], [0.5, 4.0], [-0.1, 4.0], [5.0, 7.75], [11.0, 4.0]]])
-    q = dynamics._fov_weight(y, domain, 1.0)
-    np.testing.assert_allclose(q[0], [1.0, 0.5, 0.0, 0.15625, 0.0])
-    t = np.linspace(-0.5, 1.5, 201)
-    ds = np.gradient(dynamics._smoothstep(t), t)
-    assert np.max(np.abs(np.diff(ds))) < 0.1  # no jump in the derivative
-    x = np.asarray(domain.cell_centers(xnp, dtype=xnp.float64))
+    np.testing.assert_allclose(fov_weight(y, domain, 1.0)[0], [1.0, 0.5, 0.0, 0.15625, 0.0])
+    line = np.stack([np.linspace(-0.5, 1.5, 201), np.full(201, 4.0)], axis=1)
+    q = fov_weight(line, domain, 1.0)
+    dq = np.gradient(q, line[:, 0])
+    assert np.max(np.abs(np.diff(dq))) < 0.1  # no jump in the derivative
     with pytest.raises(ValueError, match="fov"):
         dynamics._fov_width("yes")
+    with pytest.raises(ValueError, match="width"):
+        fov_weight(y, domain, 0.0)
     assert dynamics._fov_width(True) == dynamics.FOV_WIDTH and dynamics._fov_width(False) == 0
     # a constant misfit: the normalised term is the same whatever fraction is in view
+    x = np.asarray(domain.cell_centers(xnp, dtype=xnp.float64))
     res = dynamics._Residual(domain, dynamics._Motion("affine", domain), None, 1.0)
+    T, R = ad_bk.asarray(np.full((10, 8), 3.0)), ad_bk.asarray(np.zeros((10, 8)))
     for shift in (0.0, 3.0, 6.0):
         q, s = res.view(x[None] + np.array([shift, 0.0]))
         assert np.sum(q * q / s) == pytest.approx(x.shape[0])
+        weight = ad_bk.asarray(np.reshape(q, (10, 8)))
+        assert float(SSDInView()(T, R, domain, weight)) == pytest.approx(float(SSD()(T, R, domain)))
+    assert float(SSDInView()(T, R, domain)) == float(SSD()(T, R, domain))
+    with pytest.raises(ValueError, match="weight"):
+        SSDInView()(T, R, domain, ad_bk.asarray(np.ones((3, 3))))
 
 
 @pytest.mark.parametrize("model", ["regions", pytest.param("basis", marks=pytest.mark.slow)])
