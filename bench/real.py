@@ -678,6 +678,10 @@ def run_case(case: Case, methods, args, tmp: Path, progress) -> list[dict]:
     for i, name in enumerate(methods, 1):
         progress(f"  [{case.name}] {i}/{len(methods)} {name} ...")
         out = tmp / f"{case.name}-{name}.npz"
+        if args.work and out.with_suffix(".json").exists():
+            progress(f"  [{case.name}] {name}: kept from {tmp}")
+            rows.append(_row(case, name, out))
+            continue
         cmd = [sys.executable, __file__, "--worker", str(case_file), name, str(out),
                "--threads", str(args.threads)]  # fmt: skip
         if not args.no_warm and (args.warm_peers or name.startswith("multireg")):
@@ -689,21 +693,28 @@ def run_case(case: Case, methods, args, tmp: Path, progress) -> list[dict]:
                            capture_output=not args.verbose)  # fmt: skip
         except subprocess.TimeoutExpired:
             pass
-        info_file = out.with_suffix(".json")
-        info = json.loads(info_file.read_text()) if info_file.exists() else {
-            "status": f"failed: no result within {args.timeout} s" if time.perf_counter() - t0
-            >= args.timeout else "failed: the worker died (see --verbose)"
-        }  # fmt: skip
-        row = {"case": case.name, "method": name, **info}
-        if out.exists():
-            with np.load(out) as z:
-                row.update(score(case, z["u"], z["own"]))
+        if not out.with_suffix(".json").exists():
+            why = (
+                f"failed: no result within {args.timeout:g} s"
+                if time.perf_counter() - t0 >= args.timeout
+                else "failed: the worker died (see --verbose)"
+            )
+            out.with_suffix(".json").write_text(json.dumps({"status": why}))
+        row = _row(case, name, out)
         rows.append(row)
         progress(
             f"  [{case.name}] {name}: {row['status']}, cold {_fmt(row.get('cold'))} s, "
             f"Dice {_fmt(row.get('dice'))}, TRE {_fmt(row.get('tre'))} {case.unit}"
         )
     return rows
+
+
+def _row(case: Case, name: str, out: Path) -> dict:
+    row = {"case": case.name, "method": name, **json.loads(out.with_suffix(".json").read_text())}
+    if out.exists():
+        with np.load(out) as z:
+            row.update(score(case, z["u"], z["own"]))
+    return row
 
 
 def markdown(cases, skipped, rows, args) -> str:
@@ -775,6 +786,11 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per method and case")
     p.add_argument("--out", default=None, help="report path (default bench/out/real.md)")
     p.add_argument("--verbose", action="store_true", help="show the workers' output")
+    p.add_argument(
+        "--work", default=None,
+        help="keep the workers' results in this folder and reuse those found there (resumes "
+        "an interrupted run; the cases are rebuilt identically, their seeds are fixed)",
+    )  # fmt: skip
     p.add_argument("--worker", nargs=3, metavar=("CASE", "METHOD", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -797,7 +813,9 @@ def main(argv=None) -> dict:
     names = args.cases or list(CASES)
     methods = args.methods or list(METHODS)
     cases, skipped, rows = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.work or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         for i, name in enumerate(names, 1):
             progress(f"case {i}/{len(names)}: {name}")
             try:
