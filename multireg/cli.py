@@ -610,12 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
         "reference_labels (label maps on the images' grids: the template's labels are warped "
         "with the pair's map, nearest neighbour, and scored against the reference's by Dice). "
         "Each pair's outputs are written by its worker as it completes, all of them or none, "
-        "to DIR/<id>/ (warped.npy: T(y) on R's grid; y_grid.npy for --transform "
-        "nonparametric); DIR/summary.csv has one row per pair (id, status, distance, "
-        "reduction, iterations, time, Dice, error). A pair that fails is a row with its "
-        "error; the others go on. The manifest is checked (columns, files, ids, outputs) "
-        "before any work. Ctrl-C cancels every pair: pairs not finished leave no folder, and "
-        "summary.csv lists them as cancelled (exit 130).",
+        "to DIR/<id>/: the files 'multireg register' writes for the pair (warped.<ext>: "
+        "T(y) on R's grid in R's format; result.json; displacement.npz for --transform "
+        "nonparametric), so 'multireg apply DIR/<id>' works; DIR/summary.csv has one row per "
+        "pair (id, status, distance, reduction, iterations, time, Dice, error). A pair that "
+        "fails is a row with its error; the others go on. The manifest is checked (columns, "
+        "files, ids, outputs) before any work. Ctrl-C cancels every pair: pairs not finished "
+        "leave no folder, and summary.csv lists them as cancelled (exit 130). With "
+        "--scheduler, a pair already running on a Dask worker cannot be stopped from here: it "
+        "may still complete and write its folder after Ctrl-C (summary.csv lists it as "
+        "cancelled all the same).",
     )
     many.add_argument(
         "manifest", type=Path, metavar="MANIFEST", help="CSV file listing the pairs (see above)"
@@ -1512,7 +1516,6 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
     """
     import multireg
 
-    nonparametric = args.transform == "nonparametric"
     _check_registration_options(args)
     T, R = _read_pair(args)
     bk = _backend(backend, args)
@@ -1530,7 +1533,15 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
+    return _register_result(args, T, R, res, bk, device, elapsed), res.status
 
+
+def _register_result(args, T, R, res, bk, device, elapsed: float) -> CommandResult:
+    """What ``multireg register`` writes of one registration (its numbers and result.json's
+    contents); ``register-many``'s workers build the same for each pair."""
+    import multireg
+
+    nonparametric = args.transform == "nonparametric"
     values: dict = {}
     if res.w is not None:
         trafo = res.transform if not nonparametric else None
@@ -1592,7 +1603,7 @@ def run_register(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         "time": elapsed,
         "timings": dict(res.timings),
     }
-    return CommandResult(values, info=info, raw=res, inputs=(T, R)), res.status
+    return CommandResult(values, info=info, raw=res, inputs=(T, R))
 
 
 _HOMOTOPY_SETTINGS = (
@@ -2032,15 +2043,15 @@ def _plan(name: str, args) -> tuple[dict[str, Path], io.OutputSet]:
     (:class:`multireg.io.OutputSet`, which also removes stale temporaries of killed runs)."""
     out = _out_dir(args, name)
     plan: dict[str, Path] = {}
-    if name in ("register", "homotopy"):
+    if name == "register":
+        plan.update(_register_files(args, out, args.reference, args.warped))
+    elif name == "homotopy":
         plan["warped"] = (
             args.warped
             if args.warped is not None
             else out / f"warped{io.extension_of(args.reference)}"
         )
         io.format_of(plan["warped"])
-        if name == "register" and args.transform == "nonparametric":
-            plan["displacement"] = out / "displacement.npz"
     elif name == "superres":
         plan["reconstruction"] = out / "reconstruction.npz"
         if args.frames is not None and io.format_of(args.frames) == "nifti":
@@ -2054,6 +2065,41 @@ def _plan(name: str, args) -> tuple[dict[str, Path], io.OutputSet]:
     plan["result"] = out / "result.json"
     outputs = io.OutputSet(plan.values(), overwrite=args.overwrite, protect=_input_paths(args))
     return plan, outputs
+
+
+def _register_files(args, folder: Path, reference: Path, warped: Path | None = None) -> dict:
+    """The files ``multireg register`` writes for one pair, but result.json (and the figure):
+    the warped template in the reference's format, the displacement of a nonparametric map.
+    ``register-many`` writes the same into each pair's folder."""
+    plan = {
+        "warped": warped if warped is not None else folder / f"warped{io.extension_of(reference)}"
+    }
+    io.format_of(plan["warped"])
+    if args.transform == "nonparametric":
+        plan["displacement"] = folder / "displacement.npz"
+    return plan
+
+
+class _PairWriter:
+    """``register-many``'s writer (:func:`multireg.many.register_many`'s ``writer``): a pair's
+    folder gets the files of ``multireg register`` for that pair, written by the same code
+    (:func:`_register_result`, :func:`_write`), all of them or none. Runs in the worker; holds
+    only the parsed options, so it pickles to a spawned process or a Dask worker."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+
+    def __call__(self, folder: Path, result, *, job, backend, inputs, seconds) -> dict[str, str]:
+        T, R = inputs  # io.Image: register-many's jobs are paths
+        plan = {
+            **_register_files(self.args, folder, Path(job.reference)),
+            "result": folder / "result.json",
+        }
+        command = _register_result(self.args, T, R, result, backend, None, seconds)
+        written = _write(
+            "register", self.args, command, plan, io.OutputSet(plan.values(), overwrite=True)
+        )
+        return {k: str(v) for k, v in written.items()}
 
 
 _FIGURES = {
@@ -2370,19 +2416,14 @@ def _stem(path: Path) -> str:
 def _pair_map(args, result, domain):
     """The pair's map y(x) on the reference grid, from what the worker returned and wrote."""
     import multireg
-    from multireg import gridops
     from multireg.apply import Map
 
     if args.transform != "nonparametric":
         options = {"omega": domain.omega, "p": tuple(args.p)} if args.transform == "bspline" else {}
         trafo = multireg.transform(args.transform, None if options else domain.dim, **options)
         return Map(domain, trafo, np.asarray(result.w))
-    from multireg.regularizers import regularizer
-
-    kind = regularizer(args.regularizer, alpha=1.0).kind
-    y = gridops.to_cell_centers(np.load(result.outputs["y_grid"]), domain, kind)
-    x = domain.cell_centers()
-    return Map(domain, displacement=(np.asarray(y) - x).reshape(*domain.m, domain.dim))
+    with np.load(result.outputs["displacement"]) as arrays:  # register's displacement.npz
+        return Map(domain, displacement=arrays["displacement"])
 
 
 def _pair_dice(args, row: dict, result) -> tuple[float, float]:
@@ -2468,21 +2509,21 @@ def _register_many(args) -> int:
     if args.workers == 0:
         raise ValueError("--workers must be at least 1")
     out = _out_dir(args, "register-many")
-    nonparametric = args.transform == "nonparametric"
     inputs = [args.manifest] + [r[k] for r in rows for k in _MANIFEST_PATHS if r[k] is not None]
     planned = [out / "summary.csv"]
-    for r in rows:
-        planned.append(out / r["id"] / "warped.npy")
-        if nonparametric:
-            planned.append(out / r["id"] / "y_grid.npy")
+    for r in rows:  # each pair's folder: the files of 'multireg register' for the pair
+        files = _register_files(args, out / r["id"], r["reference"])
+        planned.extend([*files.values(), out / r["id"] / "result.json"])
     io.OutputSet(planned, overwrite=args.overwrite, protect=inputs)  # refused before any work
     for r in rows:  # a file of an earlier run that this one would leave beside its own
-        stale = out / r["id"] / "y_grid.npy"
-        if not nonparametric and (stale.exists() or stale.is_symlink()):
-            raise ValueError(
-                f"{stale}: left by an earlier nonparametric run; this run writes no y_grid.npy "
-                "and would leave it beside its own outputs: remove it (or choose another --out)"
-            )
+        for name, earlier in (("displacement.npz", "a nonparametric run"),
+                              ("y_grid.npy", "an older multireg")):  # fmt: skip
+            stale = out / r["id"] / name
+            if stale not in planned and (stale.exists() or stale.is_symlink()):
+                raise ValueError(
+                    f"{stale}: left by {earlier}; this run writes no {name} and would leave it "
+                    "beside its own outputs: remove it (or choose another --out)"
+                )
     levels = args.levels if args.levels != 1 else None
     options = _registration_kwargs(args, levels)
     backend = args.backend or _cli_default_backend()
@@ -2525,8 +2566,8 @@ def _register_many(args) -> int:
     try:
         register_many(
             jobs, executor=executor, workers=args.workers, backend=backend, dtype=args.dtype,
-            threads=args.threads or 1, spacing=args.spacing, out=out, progress=progress,
-            **options,
+            threads=args.threads or 1, spacing=args.spacing, out=out, writer=_PairWriter(args),
+            progress=progress, **options,
         )  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
@@ -2546,7 +2587,13 @@ def _register_many(args) -> int:
         print(
             f"multireg: interrupted: {len(rows) - statuses.count('cancelled')} of {len(rows)} "
             f"pairs finished (their folders are complete), the others were cancelled and left "
-            f"nothing; see {out / 'summary.csv'}",
+            + (
+                "nothing"
+                if args.scheduler is None  # a Dask worker's running pair cannot be stopped
+                else "nothing, except a pair already running on a Dask worker, which may "
+                "still complete its folder"
+            )
+            + f"; see {out / 'summary.csv'}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

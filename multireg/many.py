@@ -130,17 +130,19 @@ def _limit_threads(threads: int) -> None:
 
 
 def _read(x: Any, omega: Any, spacing: Any):
+    """(data, omega, input): ``input`` is the :class:`multireg.io.Image` read from a path (its
+    format and geometry, for a writer that writes like it), else the array itself."""
     if isinstance(x, (str, os.PathLike)):
         from multireg import io
 
         image = io.read_image(x, spacing=spacing)
-        return image.data, image.omega
-    return x, omega
+        return image.data, image.omega, image
+    return x, omega, x
 
 
 def _run_pair(
     index: int, job: Job, backend: str, dtype: str, threads: int, omega: Any, spacing: Any,
-    out: str | None, options: dict, caller: int,
+    out: str | None, writer: Callable[..., Mapping[str, str]] | None, options: dict, caller: int,
 ) -> PairResult:  # fmt: skip
     """The task: runs in the worker. Never raises; a failure is the result's status."""
     import socket
@@ -154,14 +156,21 @@ def _run_pair(
         from multireg import _backend
 
         bk = _backend.get_backend(backend)  # explicit: never the worker's own default
-        T, omega_t = _read(job.template, job.omega if job.omega is not None else omega, spacing)
-        R, omega_r = _read(job.reference, job.omega if job.omega is not None else omega, spacing)
+        given = job.omega if job.omega is not None else omega
+        T, omega_t, input_t = _read(job.template, given, spacing)
+        R, omega_r, input_r = _read(job.reference, given, spacing)
         if not np.allclose(omega_t, omega_r, rtol=0, atol=1e-6 * max(map(abs, omega_r))):
             raise ValueError(f"template covers omega {omega_t} but reference covers {omega_r}")
+        started = time.perf_counter()
         result = multireg.register(T, R, omega_r, backend=bk, dtype=dtype, **options)
+        bk.sync(result.warped)
+        seconds = time.perf_counter() - started
         outputs: dict[str, str] = {}
         if out is not None:
-            outputs = _write(Path(out) / job.name, bk, result, omega_r)
+            outputs = dict((writer or _write)(
+                Path(out) / job.name, result, job=job, backend=bk, inputs=(input_t, input_r),
+                seconds=seconds,
+            ))  # fmt: skip
         w = None if result.w is None else tuple(float(v) for v in bk.to_numpy(result.w).ravel())
         return PairResult(
             index=index, name=job.name, status=result.status.value, error=None,
@@ -186,8 +195,10 @@ def _failed(index, name, message, backend, dtype, worker, seconds) -> PairResult
     )  # fmt: skip
 
 
-def _write(folder: Path, bk, result, omega) -> dict[str, str]:
-    """The pair's outputs, written as one unit by the worker (io.OutputSet)."""
+def _write(folder: Path, result, *, job, backend, inputs, seconds) -> dict[str, str]:
+    """The default writer: the pair's warped template (``warped.npy``) and, nonparametric, the
+    map on its own grid (``y_grid.npy``), written as one unit by the worker (io.OutputSet)."""
+    bk = backend
     from multireg import io
 
     warped = folder / "warped.npy"
@@ -237,6 +248,7 @@ def register_many(
     threads: int = 1,
     spacing: Sequence[float] | None = None,
     out: str | os.PathLike | None = None,
+    writer: Callable[..., Mapping[str, str]] | None = None,
     progress: Callable[[int, int, PairResult], None] | None = None,
     **options: Any,
 ) -> list[PairResult]:
@@ -249,8 +261,16 @@ def register_many(
     a pool of ``workers`` spawned processes, shut down at the end. ``backend``: a name (or a
     backend, of which the name is sent); default: the name of this process's default, resolved
     here and sent explicitly. ``threads``: intra-op threads per worker. ``out``: a folder; each
-    pair's outputs go to ``out/<name>/``. ``progress(done, total, result)`` is called as pairs
-    complete. ``options`` go to :func:`multireg.register` unchanged.
+    pair's outputs go to ``out/<name>/``: by default ``warped.npy`` (and ``y_grid.npy`` for a
+    nonparametric map), else what ``writer`` writes. ``writer(folder, result, *, job, backend,
+    inputs, seconds)`` runs in the worker after the pair's registration and returns the files
+    it wrote (name -> path, the result's ``outputs``): ``result`` is the
+    :class:`~multireg.registration.RegistrationResult`, ``inputs`` the template and reference
+    as read (a :class:`multireg.io.Image` for a path, else the array), ``seconds`` the time of
+    :func:`multireg.register`. It must write all its files or none (e.g. through
+    :class:`multireg.io.OutputSet`) and be picklable for a process pool or Dask (a module-level
+    function, or an instance of a module-level class). ``progress(done, total, result)`` is
+    called as pairs complete. ``options`` go to :func:`multireg.register` unchanged.
 
     Returns the results in the order of ``jobs``. An interrupt (Ctrl-C) cancels the pairs not
     yet started and is re-raised; with the default pool, the pairs running are ended too (their
@@ -274,6 +294,10 @@ def register_many(
         raise TypeError("executor must have a submit method (concurrent.futures or Dask Client)")
     if executor is not None and workers is not None:
         raise ValueError("give executor or workers, not both")
+    if writer is not None and not callable(writer):
+        raise TypeError(f"writer must be callable, not {type(writer).__name__}")
+    if writer is not None and out is None:
+        raise ValueError("writer needs out (the folder of the pairs' folders)")
     out_s = None if out is None else os.fspath(Path(out).resolve())
     omega_t = None if omega is None else tuple(float(v) for v in omega)
     spacing_t = None if spacing is None else tuple(float(v) for v in spacing)
@@ -286,7 +310,10 @@ def register_many(
     results: list[PairResult | None] = [None] * len(job_list)
     try:
         for i, job in enumerate(job_list):
-            args = (i, job, name, dtype, int(threads), omega_t, spacing_t, out_s, options, caller)
+            args = (
+                i, job, name, dtype, int(threads), omega_t, spacing_t, out_s, writer, options,
+                caller,
+            )  # fmt: skip
             fut = ex.submit(_run_pair, *args, pure=False) if dask else ex.submit(_run_pair, *args)
             futures[fut] = i
         if dask:

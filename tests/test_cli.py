@@ -861,6 +861,14 @@ def test_register_many_shares_register_s_options_and_documents_exit_5(capsys):
     text = capsys.readouterr().out
     for word in ("summary.csv", "--scheduler", "--workers", "template_labels", "5 ", "Ctrl-C"):
         assert word in text, word
+    flat = " ".join(text.split())
+    for words in (
+        "result.json",
+        "displacement.npz",
+        "a pair already running on a Dask worker "
+        "cannot be stopped from here: it may still complete and write its folder",
+    ):
+        assert words in flat, words  # fmt: skip
 
 
 def test_register_many_writes_each_pair_and_a_summary(tmp_path, capsys, monkeypatch):
@@ -938,9 +946,13 @@ def test_register_many_bad_manifest_fails_before_any_work(tmp_path, capsys, monk
     assert code == 2 and "--overwrite" in _one_line_error(err)
     assert (tmp_path / "o2" / "summary.csv").read_text() == "old"
     (tmp_path / "o2" / "s0").mkdir()  # an earlier nonparametric run's pair folder
-    np.save(tmp_path / "o2" / "s0" / "y_grid.npy", np.zeros(3))
+    np.savez(tmp_path / "o2" / "s0" / "displacement.npz", displacement=np.zeros(3))
     code, _, err = _run(capsys, "register-many", manifest, "--out", tmp_path / "o2", "--overwrite")
-    assert code == 2 and "y_grid.npy" in _one_line_error(err)  # not a folder of two runs
+    assert code == 2 and "displacement.npz" in _one_line_error(err)  # not a folder of two runs
+    (tmp_path / "o2" / "s0" / "displacement.npz").unlink()
+    np.save(tmp_path / "o2" / "s0" / "y_grid.npy", np.zeros(3))  # an older multireg's
+    code, _, err = _run(capsys, "register-many", manifest, "--out", tmp_path / "o2", "--overwrite")
+    assert code == 2 and "y_grid.npy" in _one_line_error(err)
 
 
 def test_register_many_ctrl_c_cancels_and_leaves_no_partial_folder(tmp_path, capsys, monkeypatch):
@@ -967,7 +979,41 @@ def test_register_many_ctrl_c_cancels_and_leaves_no_partial_folder(tmp_path, cap
     done = [r["id"] for r in rows if r["status"] != "cancelled"]
     assert len(done) == 1 and [r["status"] for r in rows].count("cancelled") == 3
     assert sorted(p.name for p in out.iterdir()) == sorted([*done, "summary.csv"])
-    assert [p.name for p in (out / done[0]).iterdir()] == ["warped.npy"]
+    assert sorted(p.name for p in (out / done[0]).iterdir()) == ["result.json", "warped.npy"]
+
+
+@pytest.mark.parametrize(
+    "model", [["--transform", "translation"], ["--transform", "nonparametric", "--alpha", "10"]]
+)
+def test_register_many_pair_folders_hold_what_register_writes(tmp_path, capsys, monkeypatch, model):
+    import concurrent.futures as cf
+
+    import multireg.many
+    from multireg.apply import Map
+
+    monkeypatch.setattr(multireg.many, "_default_executor", lambda n: cf.ThreadPoolExecutor(n))
+    manifest = _manifest(tmp_path, n=1, labels=True)
+    options = [*model, "--levels", "1", "--max-iter", "5", "--backend", FAST, "--quiet"]
+    many, one = tmp_path / "many", tmp_path / "one"
+    code, _, err = _run(capsys, "register-many", manifest, *options, "--workers", "1",
+                        "--out", many)  # fmt: skip
+    assert code in (cli.EXIT_OK, cli.EXIT_NOT_CONVERGED), err
+    code, _, err = _run(capsys, "register", tmp_path / "T0.npy", tmp_path / "R0.npy", *options,
+                        "--out", one)  # fmt: skip
+    assert code in (cli.EXIT_OK, cli.EXIT_NOT_CONVERGED), err
+    pair = many / "s0"
+    assert sorted(p.name for p in pair.iterdir()) == sorted(p.name for p in one.iterdir())
+    a, b = _result(pair), _result(one)
+    assert a.keys() == b.keys()
+    assert set(a["settings"]) == set(b["settings"]) - {"allow_oblique"}  # register's own option
+    assert a["command"] == "register" and a["status"] == b["status"]
+    assert a["distance"] == pytest.approx(b["distance"], rel=1e-10)
+    assert a["outputs"] == {k: str(pair / Path(v).name) for k, v in b["outputs"].items()}
+    np.testing.assert_allclose(np.load(pair / "warped.npy"), np.load(one / "warped.npy"),
+                               rtol=0, atol=1e-12)  # fmt: skip
+    Map.load(pair)  # 'multireg apply' reads a pair's folder as it reads register's
+    (row,) = _summary_csv(many / "summary.csv")
+    assert row["dice"] and not row["error"]  # the labels were warped with the written map
 
 
 @pytest.mark.slow

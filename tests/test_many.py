@@ -81,6 +81,37 @@ def test_outputs_are_written_by_the_worker_and_results_are_small(tmp_path, ad_bk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair0", "pair1"]
 
 
+def _note_writer(folder, result, *, job, backend, inputs, seconds):
+    """A writer: one file naming what it was given (module level: it pickles to a worker)."""
+    from multireg import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    note = folder / "note.txt"
+    kinds = ",".join(type(x).__name__ for x in inputs)
+    note.write_text(f"{job.name} {backend.name} {result.status.value} {kinds} {seconds > 0}")
+    assert isinstance(inputs[1], io.Image) and inputs[1].m == tuple(result.warped.shape)
+    return {"note": str(note)}
+
+
+def test_a_writer_writes_each_pair_s_folder_in_the_worker(tmp_path):
+    pairs, _ = _pairs(2)
+    for i, (T, R) in enumerate(pairs):
+        np.save(tmp_path / f"T{i}.npy", T)
+        np.save(tmp_path / f"R{i}.npy", R)
+    jobs = [Job(str(tmp_path / f"T{i}.npy"), str(tmp_path / f"R{i}.npy"), f"p{i}") for i in (0, 1)]
+    backend = "torch" if "torch" in multireg.available_backends() else "jax"
+    # a thread pool for speed; the CLI's writer crosses to spawned workers in test_cli.py
+    with cf.ThreadPoolExecutor(1) as ex:
+        results = register_many(jobs, executor=ex, backend=backend, out=tmp_path / "out",
+                                writer=_note_writer, **OPTIONS)  # fmt: skip
+    for r in results:
+        assert r.ok, r.error
+        assert sorted(p.name for p in (tmp_path / "out" / r.name).iterdir()) == ["note.txt"]
+        assert r.outputs == {"note": str(tmp_path / "out" / r.name / "note.txt")}
+        text = (tmp_path / "out" / r.name / "note.txt").read_text()
+        assert text == f"{r.name} {backend} {r.status} Image,Image True"
+
+
 def test_paths_are_read_in_the_worker(tmp_path):
     pairs, _ = _pairs(1)
     T, R = pairs[0]
@@ -112,6 +143,10 @@ def test_bad_arguments_fail_before_any_work():
         register_many([Job(*pairs[0], "a", omega)] * 2, backend="jax")
     with pytest.raises(ValueError, match="threads"):
         register_many(pairs, omega=omega, backend="jax", threads=0)
+    with pytest.raises(TypeError, match="writer"):
+        register_many(pairs, omega=omega, backend="jax", out="x", writer="write")
+    with pytest.raises(ValueError, match="writer needs out"):
+        register_many(pairs, omega=omega, backend="jax", writer=_note_writer)
 
 
 @pytest.mark.slow
