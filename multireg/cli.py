@@ -32,6 +32,9 @@ Exit codes
 130
     interrupted (Ctrl-C); a run's outputs appear all together or not at all, and no temporary
     is left.
+141
+    the reader of stdout went away (``multireg register … | head -1``): the command stops
+    quietly, as a shell tool killed by SIGPIPE (128 + 13) does; outputs already written stay.
 
 Every error is one line on stderr, ``multireg: error: <message>`` (a traceback only with
 ``--debug``).
@@ -86,6 +89,7 @@ __all__ = [
     "EXIT_NOT_CONVERGED",
     "EXIT_OK",
     "EXIT_PAIRS_FAILED",
+    "EXIT_STDOUT_CLOSED",
     "EXIT_USAGE",
     "CommandResult",
     "UsageError",
@@ -105,6 +109,7 @@ EXIT_NOT_CONVERGED = 3
 EXIT_DISAGREE = 4
 EXIT_PAIRS_FAILED = 5
 EXIT_INTERRUPTED = 130
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader left
 
 EPILOG = """\
 exit codes:
@@ -116,6 +121,7 @@ exit codes:
   4    validate: backends disagree by more than --rtol
   5    register-many: at least one pair failed (its row in DIR/summary.csv says why)
   130  interrupted (a run's outputs appear all together or not at all)
+  141  stdout was closed by its reader (e.g. | head); stopped quietly
 """
 
 # Errors that mean "bad input or usage" (exit 2) rather than a bug (exit 1).
@@ -2814,6 +2820,44 @@ def _error(message: str) -> None:
     print(f"multireg: error: {text}", file=sys.stderr)
 
 
+def stdout_closed() -> bool:
+    """Whether stdout's reader has gone away (a pipe whose read end is closed: poll reports
+    POLLERR on its write end), as opposed to a broken pipe of a worker or a socket. True when
+    it cannot be told (no descriptor, no poll): stdout is a command line's usual broken pipe."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+    except (AttributeError, OSError, ValueError):
+        return True
+    poll.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
+def stop_writing_stdout() -> int:
+    """Exit quietly after stdout's reader went away: stdout is pointed at the null device so
+    that the interpreter's last flush of the buffered text does not fail again (the handling
+    the Python documentation recommends, signal module, "Note on SIGPIPE"). Returns
+    :data:`EXIT_STDOUT_CLOSED`."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no descriptor (stdout replaced in-process)
+        pass
+    return EXIT_STDOUT_CLOSED
+
+
+def _unexpected(err: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    _error(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
+    return EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring).
 
@@ -2837,19 +2881,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except BrokenPipeError as err:
+        if stdout_closed():  # '| head': the reader has what it wanted; no error to report
+            return stop_writing_stdout()
+        return _unexpected(err, debug)
     except _INPUT_ERRORS as err:
         if name in ("demo", "bench") and not isinstance(err, _ENVIRONMENT_ERRORS):
             # these commands take no input data: a ValueError or TypeError there is a bug
-            if debug:
-                traceback.print_exc()
-            _error(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
-            return EXIT_ERROR
+            return _unexpected(err, debug)
         if debug:
             traceback.print_exc()
         _error(str(err) or type(err).__name__)
         return EXIT_USAGE
     except Exception as err:
-        if debug:
-            traceback.print_exc()
-        _error(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
-        return EXIT_ERROR
+        return _unexpected(err, debug)

@@ -794,6 +794,41 @@ def test_console_script_end_to_end(data, tmp_path):
     assert bad.stderr.startswith("multireg: error: ") and "nope.npy" in bad.stderr
 
 
+def _into_a_closed_pipe(*argv, tmp_path) -> subprocess.CompletedProcess:
+    """``python -m multireg ARGV | head -0``: stdout a pipe whose reader is already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "multireg", *map(str, argv)], stdout=write,
+            stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+    finally:
+        os.close(write)
+
+
+def test_a_closed_stdout_stops_quietly(data, tmp_path):
+    out = tmp_path / "out"
+    run = _into_a_closed_pipe("register", data["T.npy"], data["R.npy"], "--transform",
+                              "translation", "--levels", "1", "--backend", FAST, "--out", out,
+                              tmp_path=tmp_path)  # fmt: skip
+    assert (run.returncode, run.stderr) == (cli.EXIT_STDOUT_CLOSED, "")
+    assert sorted(os.listdir(out)) == ["result.json", "warped.npy"]  # written before the summary
+    run = _into_a_closed_pipe("register", "--help", tmp_path=tmp_path)
+    assert (run.returncode, run.stderr) == (0, "")  # argparse ignores a failed write of its help
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(data, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):  # a worker's or a socket's pipe, not stdout's
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "stdout_closed", lambda: False)
+    monkeypatch.setattr(multireg, "register", broken)
+    code, _, err = _run(capsys, "register", data["T.npy"], data["R.npy"], "--out", tmp_path)
+    assert code == cli.EXIT_ERROR and "BrokenPipeError" in _one_line_error(err)
+
+
 def test_an_interrupt_before_the_command_line_handler_exits_130(monkeypatch, capsys):
     import multireg.__main__ as entry
 
