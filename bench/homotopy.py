@@ -1,6 +1,6 @@
 """Homotopy in θ vs multiscale continuation vs single scale: the hands experiment of Watson et al.
 
-    python bench/homotopy.py [--quick] [--suite all|hands|unseen] [--backends jax,torch]
+    python bench/homotopy.py [--quick] [--suite all|hands|unseen|speed] [--backends jax,torch]
                              [--threads N] [--fair-data DIR]
 
 Reproduces experiment 1 of Watson, Cherry, Lang, Ruthotto, "Applications of Automatic
@@ -53,6 +53,10 @@ study's θ_max = 1e3 and with θ_max from the data (the default), and each of th
 ``starts=5`` (rotations by 0°, 72°, 144°, 216°, 288°: none of them a true φ). "folded": paths
 that recorded a fold or bifurcation (for several starts: the returned one).
 
+Table 5 (``--suite speed``, issue 13.5): warm time of each backend, side by side in one run, on
+the hands affine MLPIR and elastic MLIR (FAIR's settings) and the table-1 homotopy, with the ratio
+to the first backend and the homotopy's time split (corrector, predictor, folds).
+
 Threads: every library gets ``--threads`` threads (default 1). These problems are tiny (1024
 points, 6 parameters): BLAS and intra-op threads only add synchronisation, which on a shared
 machine costs far more than it saves.
@@ -79,9 +83,10 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="starts every 30°, fewer warm runs")
     p.add_argument(
         "--suite",
-        choices=("all", "hands", "unseen"),
+        choices=("all", "hands", "unseen", "speed"),
         default="all",
-        help="the hands experiment (tables 1-3), the unseen images (table 4), or both",
+        help="the hands experiment (tables 1-3), the unseen images (table 4), both, or the "
+        "torch-vs-JAX speed table alone (table 5)",
     )
     p.add_argument("--backends", default="jax,torch", help="comma-separated (default jax,torch)")
     p.add_argument("--threads", type=int, default=1, help="threads for every library (default 1)")
@@ -553,6 +558,70 @@ def unseen_report(args, backends):
     )
 
 
+def speed_report(args, backends):
+    """Table 5 (issue 13.5): warm time of each backend on the hands, side by side in one run —
+    affine MLPIR and elastic MLIR with FAIR's settings (128², levels 3..7, 10 iterations per
+    level) and the homotopy of table 1 (tangent, exact H) — with the ratio to the first backend
+    and, for the homotopy, where the time goes (the result's timings)."""
+    folder = args.fair_data or fair_data_dir()
+    if folder is None:
+        return "## Table 5: speed\n\nFAIR's hands not found (--fair-data): skipped.\n"
+    T128, R128, domain = load_fair("hands", folder)
+    T, R, omega, _ = hands(folder)
+    fair = dict(theta=0.1, levels=(3, 7), max_iter=10)
+    elastic = dict(
+        transform="nonparametric", theta=1e-2, levels=(3, 7), pre_registration="affine",
+        max_iter=10, regularizer="elastic", alpha=1e3, mu=1.0, lam=0.0,
+    )  # fmt: skip
+    cases = {
+        "hands affine MLPIR": lambda bk: multireg.register(
+            T128, R128, domain.omega, transform="affine", backend=bk, **fair
+        ),
+        "hands elastic MLIR": lambda bk: multireg.register(
+            T128, R128, domain.omega, backend=bk, **elastic
+        ),
+        "homotopy hands 32²": lambda bk: run(T, R, omega, bk),
+    }
+    runs = 2 if args.quick else 3
+    rows = []
+    for case, fn in cases.items():
+        reference = None
+        for name in backends:
+            bk = multireg.get_backend(name)
+            if name == "torch":
+                import torch
+
+                torch.set_num_threads(args.threads)
+            out = []
+            first, warm = measure(
+                lambda fn=fn, bk=bk, out=out: out.append(fn(bk)) or out[-1].w,
+                sync=bk.sync, min_time=0.0, max_runs=runs, min_runs=runs,
+            )  # fmt: skip
+            reference = warm if reference is None else reference
+            timings = getattr(out[-1], "timings", {}) if case.startswith("homotopy") else {}
+            split = ", ".join(
+                f"{k} {fmt_time(v)}" for k, v in timings.items() if k not in ("total", "choose θ")
+            )
+            rows.append(
+                dict(
+                    case=case, backend=name, first=fmt_time(first), warm=fmt_time(warm),
+                    ratio=f"{warm / reference:.1f}×", **{"where (homotopy)": split},
+                )
+            )  # fmt: skip
+    columns = ["case", "backend", "first", "warm", "ratio", "where (homotopy)"]
+    return "\n".join([
+        "## Table 5: warm time, torch eager vs JAX (issue 13.5)",
+        "",
+        f"Median of {runs} warm runs in this process after a first call (JAX compiles in it; "
+        f"torch eager has nothing to compile); ratio to the first of --backends. Threads: "
+        f"{args.threads}. Load average at the end: "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores.",
+        "",
+        table(rows, columns),
+        "",
+    ])  # fmt: skip
+
+
 def main():
     args = ARGS
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -561,6 +630,8 @@ def main():
         parts.append(hands_report(args, backends))
     if args.suite in ("all", "unseen"):
         parts.append(unseen_report(args, backends))
+    if args.suite in ("all", "speed"):
+        parts.append(speed_report(args, backends))
     text = "\n".join(parts)
     print(text)
     path = write_report(REPORT, text)

@@ -141,7 +141,7 @@ from multireg.distances import distance as make_distance
 from multireg.grid import Domain
 from multireg.interpolation import spline_coefficients, spline_interpolate
 from multireg.optimize import LinearOperator, Objective, Result, Status
-from multireg.optimize._loop import compiled, host, value_and_norm
+from multireg.optimize._loop import compiled, host, scalar, value_and_norm
 from multireg.transforms import Transform
 from multireg.transforms import transform as make_transform
 
@@ -578,7 +578,9 @@ def _events(tracer: _Tracer, points: list[dict]) -> list[PathEvent]:
         if not (tracer.dense and current["lam"] > 0 and previous["lam"] > 0):
             continue
         # the branch at the step's middle, s = (s_k + s_k+1)/2, to O(Δs²) where it is smooth
-        middle = tracer.kernels["axpy"](previous["w"], 0.5, current["w"] - previous["w"])
+        middle = tracer.kernels["axpy"](
+            previous["w"], tracer.scalar(0.5), current["w"] - previous["w"]
+        )
         theta = math.sqrt(previous["theta"] * current["theta"])
         lam = tracer.min_eigenvalue(middle, tracer.data(theta))
         if lam <= 0 and not _one_branch(tracer, previous, current):
@@ -750,10 +752,7 @@ def _theta_from_data(
     for image in images:
         lam = []
         for theta in grid:
-            t = bk.asarray(
-                bk.asarray(theta, dtype=w_id.dtype), device=array_api_compat.device(w_id)
-            )
-            c, Ic = kernels["images"](t, image, image, x)
+            c, Ic = kernels["images"](scalar(bk, theta, w_id), image, image, x)
             lam.append(
                 _min_generalised_eigenvalue(bk.to_numpy(kernels["hessian"](w_id, c, Ic, x)), M)
             )
@@ -971,13 +970,12 @@ class _Tracer:
         if self.callback is not None:
             self.callback(pt["theta"], pt["result"].fun, pt["result"].iterations)
 
-    def theta(self, value: float) -> Any:
-        return self.bk.asarray(
-            self.bk.asarray(value, dtype=self.w_id.dtype), device=array_api_compat.device(self.w_id)
-        )
+    def scalar(self, value: float) -> Any:
+        """A number (θ, a step) as a 0-d array: data for the compiled kernels, not code."""
+        return scalar(self.bk, value, self.w_id)
 
     def data(self, theta: float) -> tuple:
-        cT, Rc = self.kernels["images"](self.theta(theta), *self.images, self.x)
+        cT, Rc = self.kernels["images"](self.scalar(theta), *self.images, self.x)
         return cT, Rc, self.x
 
     def objective(self, data: tuple) -> Objective:
@@ -1075,7 +1073,7 @@ class _Tracer:
         """dw*/ds = −H⁻¹·∂_s∇_w J at a corrected point (None if H is singular)."""
         started = time.perf_counter()
         k, bk = self.kernels, self.bk
-        b = k["mixed"](w, self.theta(theta), *self.images, self.x)
+        b = k["mixed"](w, self.scalar(theta), *self.images, self.x)
         name = "hessian" if self.hessian == "exact" else "gn_matrix"
         t = None
         if self.dense:
@@ -1109,11 +1107,12 @@ def _predict(tracer: _Tracer, points: list[dict], ds: float, predictor: str) -> 
         if "tangent" not in current:
             current["tangent"] = tracer.tangent(current["w"], current["theta"], current["data"])
         if current["tangent"] is not None:
-            return axpy(current["w"], ds, current["tangent"]), 2
+            return axpy(current["w"], tracer.scalar(ds), current["tangent"]), 2
     elif predictor == "secant" and len(points) > 1 and not current["jump"]:
         previous = points[-2]
         ds_previous = math.log(current["theta"]) - math.log(previous["theta"])
-        return axpy(current["w"], ds / ds_previous, current["w"] - previous["w"]), 2
+        step = tracer.scalar(ds / ds_previous)
+        return axpy(current["w"], step, current["w"] - previous["w"]), 2
     return current["w"], 1
 
 

@@ -200,3 +200,39 @@ def test_torch_derivatives_run_no_python_decompositions():
     torch.testing.assert_close(hess, ref_hess)
     torch.testing.assert_close(hv, ref_hess @ v)
     torch.testing.assert_close(jac, torch.func.jacfwd(f)(x))
+
+
+def test_compiled_kernels_receive_varying_numbers_as_arrays():
+    """torch.compile specialises a Python float argument and compiles the kernel anew for each
+    value: the line search's step lengths 1, ½, ¼, … hit its recompile limit of 8 on the
+    homotopy (seen with TorchBackend(compile=True)). Step lengths and θ are therefore passed to
+    compiled kernels as 0-d arrays (issue 13.2); checked by recording what the kernels get."""
+    _needs("torch")
+    from multireg_torch import TorchBackend
+
+    from multireg.homotopy import homotopy
+    from multireg.optimize.linesearch import armijo
+
+    floats = []
+
+    class Recording(TorchBackend):
+        def jit(self, f):
+            def kernel(*args):
+                floats.extend(a for a in args if isinstance(a, float))
+                return f(*args)
+
+            return kernel
+
+    bk = Recording(threads=1)
+    x, d = bk.asarray([1.0, 1.0]), bk.asarray([-10.0, -10.0])
+    ls = armijo(bk, lambda z: bk.xp.sum(z * z), x, d, fun=2.0, slope=-40.0)
+    assert ls.success and ls.trials > 3  # backtracked through several step lengths
+    T = np.zeros((12, 12))
+    T[3:7, 4:8] = 1.0
+    R = np.roll(T, 2, axis=0)
+    for predictor, step in (("tangent", "adaptive"), ("secant", "fixed")):
+        homotopy(
+            T, R, (0.0, 1.0, 0.0, 1.0), transform="translation", backend=bk,
+            theta_range=(10.0, 0.1), n_steps=4, predictor=predictor, step=step,
+        )  # fmt: skip
+    assert floats == []

@@ -271,6 +271,14 @@ def axpy(x: Array, t: Array | float, d: Array) -> Array:
     return x + t * d
 
 
+def scalar(bk: Any, value: float, like: Array) -> Array:
+    """``value`` as a 0-d array of ``like``'s dtype and device: a number that varies (a step
+    length) is passed to a compiled kernel as data, not as code. torch.compile specialises a
+    Python float and compiles the kernel anew for each value (8 line-search step lengths hit its
+    recompile limit); JAX traces a float either way."""
+    return bk.asarray(bk.asarray(value, dtype=like.dtype), device=array_api_compat.device(like))
+
+
 def norm(x: Array) -> Array:
     return array_api_compat.array_namespace(x).linalg.vector_norm(x)
 

@@ -50,7 +50,7 @@ def armijo(
     axpy = _loop.compiled(bk, _loop.axpy)
     t = t0
     for trial in range(1, max_trials + 1):
-        x_t = axpy(x, t, d)
+        x_t = axpy(x, _loop.scalar(bk, t, x), d)
         (fun_t,) = _loop.host(bk, value(x_t))
         if math.isfinite(fun_t) and fun_t < fun + t * reduction * slope:
             return LineSearchResult(t=t, x=x_t, fun=fun_t, trials=trial, success=True)
