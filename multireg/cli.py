@@ -2560,7 +2560,12 @@ def _register_many(args) -> int:
                 failed_metrics += 1
         summaries[result.index] = _summary_row(row, result, dice, error)
         if not args.quiet:
-            print(_progress_line(done, total, summaries[result.index]), flush=True)
+            try:
+                print(_progress_line(done, total, summaries[result.index]), flush=True)
+            except BrokenPipeError:  # '| head': the reader left; the pairs and summary go on
+                if not stdout_closed():
+                    raise
+                stop_writing_stdout()
 
     jobs = [
         {"template": str(r["template"]), "reference": str(r["reference"]), "name": r["id"]}

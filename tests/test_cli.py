@@ -819,6 +819,19 @@ def test_a_closed_stdout_stops_quietly(data, tmp_path):
     assert (run.returncode, run.stderr) == (0, "")  # argparse ignores a failed write of its help
 
 
+@pytest.mark.slow
+def test_register_many_into_a_closed_stdout_finishes_every_pair(tmp_path):
+    """A batch is not cancelled because the reader of its progress lines left."""
+    manifest = _manifest(tmp_path, n=2)
+    run = _into_a_closed_pipe("register-many", manifest, "--transform", "translation",
+                              "--levels", "1", "--backend", FAST, "--workers", "1",
+                              "--out", tmp_path / "out", tmp_path=tmp_path)  # fmt: skip
+    assert (run.returncode, run.stderr) == (cli.EXIT_OK, "")
+    rows = _summary_csv(tmp_path / "out" / "summary.csv")
+    assert [r["status"] for r in rows] == ["converged", "converged"]
+    assert all((tmp_path / "out" / r["id"] / "result.json").exists() for r in rows)
+
+
 def test_a_broken_pipe_elsewhere_is_still_an_error(data, tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):  # a worker's or a socket's pipe, not stdout's
         raise BrokenPipeError(32, "Broken pipe")
