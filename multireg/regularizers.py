@@ -75,7 +75,9 @@ class Regularizer(ABC):
     """``S(y) = ½ α hd ‖B (y − y_ref)‖²`` on the grid :attr:`kind`; see the module docstring.
 
     Subclasses define B by its blocks. Every method takes the stacked vector and the
-    :class:`~multireg.grid.Domain`; ``y_ref=None`` means the identity grid ``x``.
+    :class:`~multireg.grid.Domain`; ``y_ref=None`` means the identity grid ``x``. The weights
+    (α, μ, λ) are used in arithmetic only, never in a Python branch, so the registration's
+    compiled kernels may hold them as 0-d arrays (one compilation for every value).
     """
 
     alpha: float
