@@ -648,7 +648,7 @@ def figure(case: Case, rows: list[dict], path: Path) -> Path:
         axes[k, 2].set_axis_off()
         fig.colorbar(im, ax=axes[k, 2], fraction=0.04)
     fig.suptitle(f"{case.name}: {case.note}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / n))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=70)
     plt.close(fig)
