@@ -118,6 +118,15 @@ def test_one_reference_per_template_and_a_start(ad_bk):
     _same(batch, loop, ad_bk)
 
 
+def test_linear_model_and_rigid_equal_the_loop(ad_bk):
+    """The linear image model (interpolated per pair under vmap) with a rigid map."""
+    Ts, R, omega = _series()
+    options = dict(levels=2, transform="rigid", image_model="linear")
+    batch = register_batch(Ts, R, omega, backend=ad_bk.name, **options)
+    loop = [multireg.register(T, R, omega, backend=ad_bk.name, **options) for T in Ts]
+    _same(batch, loop, ad_bk)
+
+
 def test_extreme_intensities_as_in_the_loop(ad_bk):
     """Intensities near 1e200 (computed on exactly rescaled images, reported in the user's
     units): the same as the loop, the reference scaled with each pair."""
