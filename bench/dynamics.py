@@ -388,7 +388,8 @@ def large_motion_text(args, backends):
         "minimiser is not the truth, so a value just above 1 is expected: the noise and the "
         "interpolation error it fits); J(true)/J(old): the fov objective at the truth over the "
         "fov objective at the old objective's answer (< 1: the new objective prefers the "
-        "truth to it). Times exclude JAX's compilation only where warm.\n\n"
+        "truth to it). Times: one cold run each (JAX's include its compilation; a 2-core "
+        "machine shared with other jobs).\n\n"
         + table(rows, columns) + "\n"
     )
 
