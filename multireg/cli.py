@@ -920,9 +920,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-iter", type=_count, default=20, help="outer iterations")
     g.add_argument(
         "--init",
-        choices=("preregister", "identity"),
-        default="preregister",
-        help="starting motions: each frame registered to frame 0 (affine/rigid), or the identity",
+        choices=("coarse-to-fine", "preregister", "identity"),
+        default="coarse-to-fine",
+        help="starting motions: the identity, then the coupled solve on a pyramid of --levels "
+        "grids (default); each frame registered to frame 0 by SSD (affine/rigid; w0='ssd'); "
+        "or the identity on the finest grid only",
+    )
+    g.add_argument(
+        "--levels",
+        type=_count,
+        default=None,
+        help="--init coarse-to-fine: number of grids (default: down to about 8 cells)",
+    )
+    g.add_argument(
+        "--no-fov",
+        action="store_true",
+        help="keep cells whose point leaves a frame's field of view in its data term (the old "
+        "objective; by default they drop out and each frame's term is normalised by its "
+        "in-view fraction)",
     )
     g.add_argument(
         "--figures",
@@ -1957,8 +1972,20 @@ def run_dynamics(args: argparse.Namespace, backend: Any = None) -> tuple[Command
     )
     if masks is not None:
         options["masks"] = masks
+    if args.levels is not None and args.init != "coarse-to-fine":
+        raise UsageError(f"--levels goes with --init coarse-to-fine, not --init {args.init}")
     if args.init == "identity":
         options["w0"] = "identity"
+    elif args.init == "preregister":
+        if args.motion not in ("affine", "rigid"):
+            raise UsageError(
+                f"--init preregister needs --motion affine or rigid, not {args.motion}"
+            )
+        options["w0"] = "ssd"
+    elif args.levels is not None:
+        options["levels"] = args.levels
+    if args.no_fov:
+        options["fov"] = False
     for key in ("alpha", "n_basis", "p"):
         if getattr(args, key) is not None:
             options[key] = tuple(args.p) if key == "p" else getattr(args, key)

@@ -1111,3 +1111,45 @@ def test_the_cli_default_backend_is_the_documented_one(data, tmp_path, capsys, m
     monkeypatch.setenv("MULTIREG_BACKEND", expected)
     _, args = cli.parse_command(["register", "a.npy", "b.npy", "--backend", other])
     assert cli._backend(None, args).name == other
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ((), {}),  # the library's default: identity, then coarse-to-fine
+        (("--levels", "2"), {"levels": 2}),
+        (("--init", "preregister"), {"w0": "ssd"}),
+        (("--init", "identity"), {"w0": "identity"}),
+        (("--no-fov",), {"fov": False}),
+    ],
+)
+def test_dynamics_init_says_what_the_solver_gets(tmp_path, capsys, monkeypatch, argv, expected):
+    """--init preregister once passed no w0 while the solver's default became the identity with
+    coarse-to-fine levels: the flag's name no longer said what ran."""
+    from multireg import dynamics
+
+    seen = {}
+
+    def fake_solve(frames, times, omega, **options):
+        seen.update(options)
+        raise KeyboardInterrupt  # stop before any work; the CLI exits 130
+
+    monkeypatch.setattr(dynamics, "solve", fake_solve)
+    code, _, _ = _run(capsys, "dynamics", "--phantom", "--phantom-m", "16,16", "--n-frames", "3",
+                      "--out", tmp_path / "o", "--backend", FAST, "-q", *argv)  # fmt: skip
+    assert code == 130
+    for key in ("w0", "levels", "fov"):
+        assert seen.get(key, "absent") == expected.get(key, "absent"), key
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--init", "identity", "--levels", "2"),
+        ("--init", "preregister", "--motion", "nonparametric"),
+    ],
+)
+def test_dynamics_init_conflicts_are_usage_errors(tmp_path, capsys, argv):
+    code, _, err = _run(capsys, "dynamics", "--phantom", "--phantom-m", "16,16", "--n-frames", "3",
+                        "--out", tmp_path / "o", "--backend", FAST, *argv)  # fmt: skip
+    assert code == 2 and not (tmp_path / "o").exists(), err
