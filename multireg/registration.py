@@ -56,7 +56,7 @@ MAX_ITER = 50
 theta = 0 (the command line's defaults): affine needs up to 24 per level (7, 17, 9, 11, 24),
 rigid 13, translation 41; with 10, ``multireg register --transform affine`` exited 3."""
 METHODS = ("gauss-newton", "newton", "trust-region", "lbfgs")
-DISTANCES = ("ssd", "ncc", "ngf", "mi")
+DISTANCES = ("ssd", "ncc", "ngf", "mi", "mi-gn")
 REGULARIZERS = ("elastic", "diffusive", "curvature")
 
 

@@ -392,3 +392,14 @@ def test_fair_compat_on_the_hands_elastic_mlir():
     if reference is not None:
         d_fair = float(reference)
         assert abs(fair.distance - d_fair) < abs(default.distance - d_fair)
+
+
+def test_register_takes_mi_gn_by_name():
+    """'mi-gn' is a distance name of multireg.distance(), and register() accepts it too."""
+    pytest.importorskip("torch")
+    T, R, omega = _small_pair()
+    options = dict(transform="translation", levels=1, max_iter=3, backend="torch")
+    by_name = register(T, R, omega, distance="mi-gn", **options)
+    by_object = register(T, R, omega, distance=MIGaussNewton(), **options)
+    np.testing.assert_array_equal(np.asarray(by_name.w), np.asarray(by_object.w))
+    assert np.isfinite(by_name.distance)
