@@ -91,7 +91,7 @@ def collect_report() -> Path | None:
     """Assemble ``bench/out/REPORT.md`` from the tables in bench/out/ (runs nothing). A failure
     here is reported on stderr and never fails the benchmark that called it."""
     try:
-        from multireg.report import write_bench_report
+        from multireg.workflow.report import write_bench_report
 
         return write_bench_report(bench_dir=OUT.parent, run=False, quiet=True)
     except Exception as exc:  # the benchmark's own table is already written

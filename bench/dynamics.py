@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import OUT, fmt_time, table, write_report
 
 import multireg
-from multireg import dynamics
+from multireg.problems import dynamics
 
 CASES = [(0.0, 1.0), (0.01, 1.0), (0.03, 1.0), (0.0, 3.0), (0.01, 3.0)]
 QUICK_CASES = [(0.0, 1.0), (0.01, 1.0), (0.0, 3.0)]

@@ -114,7 +114,7 @@ from _harness import fmt_time, measure, table, write_report  # noqa: E402
 
 import multireg  # noqa: E402
 from multireg.data import blobs, fair_data_dir, load_fair  # noqa: E402
-from multireg.homotopy import homotopy  # noqa: E402
+from multireg.problems.homotopy import homotopy  # noqa: E402
 
 METHODS = {
     "single scale": dict(thetas=[THETA_RANGE[1]]),

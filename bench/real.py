@@ -188,8 +188,8 @@ def known_map(domain, rng, *, rotation_deg, scale, shift, amp, coarse=4):
 def _warped_case(name, image, labels, brain, omega, unit, rng, *, amp, note, n_points=300):
     """Reference = the image (and labels) warped by a known map; template = the image."""
     from multireg import Domain
-    from multireg.apply import sample
-    from multireg.metrics import jacobian_stats
+    from multireg.workflow.apply import sample
+    from multireg.workflow.metrics import jacobian_stats
 
     domain = Domain(omega, image.shape)
     y_star = known_map(domain, rng, rotation_deg=4.0, scale=1.03, shift=(2.0, -1.5, 1.0), amp=amp)
@@ -370,7 +370,7 @@ class MultiregMethod(Method):
         return multireg.register(T, R, domain.omega, backend=self.backend, **opts)
 
     def field(self, res, domain):
-        from multireg.apply import as_map
+        from multireg.workflow.apply import as_map
 
         x = domain.cell_centers()
         return (as_map(res)(x) - x).reshape(*domain.m, domain.dim)
@@ -387,7 +387,7 @@ class MultiregMethod(Method):
 def _ants_image(a, domain):
     import ants
 
-    from multireg.itk import to_sitk
+    from multireg.workflow.itk import to_sitk
 
     ref = to_sitk(np.zeros(domain.m, np.float32), domain)
     return ants.from_numpy(
@@ -416,7 +416,7 @@ class AntsMethod(Method):
     def field(self, handle, domain):
         import ants
 
-        from multireg.itk import read_displacement
+        from multireg.workflow.itk import read_displacement
 
         fixed, moving, reg = handle
         with tempfile.TemporaryDirectory() as tmp:
@@ -437,7 +437,7 @@ class AntsMethod(Method):
 def _itk_image(a, domain):
     import itk
 
-    from multireg.itk import to_sitk
+    from multireg.workflow.itk import to_sitk
 
     ref = to_sitk(np.zeros(domain.m, np.float32), domain)
     img = itk.image_view_from_array(np.ascontiguousarray(np.asarray(a, np.float32).T))
@@ -472,7 +472,7 @@ class ElastixMethod(Method):
     def field(self, handle, domain):
         import itk
 
-        from multireg.itk import read_displacement
+        from multireg.workflow.itk import read_displacement
 
         _, moving, _, params = handle
         df = itk.transformix_deformation_field(moving, params)
@@ -573,8 +573,8 @@ def worker(case_file: str, name: str, out_file: str, threads: int, warm: bool) -
 
 def score(case: Case, u: np.ndarray, own: np.ndarray | None) -> dict:
     """Every metric of one method's displacement ``u`` on ``case`` (multireg.metrics)."""
-    from multireg.apply import Map, apply
-    from multireg.metrics import dice, hd95, jacobian_stats, tre
+    from multireg.workflow.apply import Map, apply
+    from multireg.workflow.metrics import dice, hd95, jacobian_stats, tre
 
     domain = case.domain
     mp = Map(domain, displacement=u)

@@ -137,8 +137,8 @@ def main(argv=None) -> int:
     from _harness import table, write_report
 
     import multireg
-    from multireg.batch import register_batch
-    from multireg.many import register_many
+    from multireg.problems.batch import register_batch
+    from multireg.workflow.many import register_many
 
     n = args.pairs or (16 if args.quick else 64)
     cases = [("2-D 128²", (128, 128))] + ([] if args.quick else [("3-D 32³", (32, 32, 32))])

@@ -137,8 +137,8 @@ def peak_above(base: float) -> float:
 
 def worker_solve(spec: dict) -> dict:
     """One method on one backend, cold then warm; prints nothing but its JSON."""
-    from multireg import separable, superres
     from multireg._backend import _instance
+    from multireg.problems import separable, superres
 
     p = superres.make_problem(**SIZES[spec["size"]])
     bk = _instance(spec["backend"])
@@ -192,8 +192,8 @@ def worker_solve(spec: dict) -> dict:
 
 def worker_memory(spec: dict) -> dict:
     """Peak memory of one reduced Jacobian / gradient with k inner CG steps (after k = 1)."""
-    from multireg import separable, superres
     from multireg._backend import _instance
+    from multireg.problems import separable, superres
 
     p = superres.make_problem(**SIZES[spec["size"]])
     bk = _instance(spec["backend"])
@@ -258,8 +258,8 @@ def spawn(spec: dict, timeout: float) -> dict:
 
 def pre_registrations(size: str, backends: list[str], workdir: Path) -> tuple[Path, dict]:
     """w0 per backend (timed); the first backend's is saved for every row."""
-    from multireg import superres
     from multireg._backend import _instance
+    from multireg.problems import superres
 
     p = superres.make_problem(**SIZES[size])
     times, errors, path = {}, {}, workdir / f"w0_{size}.npy"
@@ -278,7 +278,7 @@ def perturbed_start(size: str, scale: float, workdir: Path) -> tuple[Path, dict]
     """w0 = the true motions plus Gaussian noise of ``scale`` times the problem's motion spread
     (rotation 0.2 rad and translation 2 coarse pixels at scale 1), frame 0 kept at the
     identity, seed 0: a start the pre-registration does not give, to separate the methods."""
-    from multireg import superres
+    from multireg.problems import superres
 
     p = superres.make_problem(**SIZES[size])
     if p.motion != "rigid":
@@ -427,7 +427,7 @@ def write_figure(rows: list[dict], size: str) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from multireg import superres
+    from multireg.problems import superres
 
     done = [r for r in rows if r["size"] == size and "e_f" in r and r["key"] != "oracle"]
     if not done:

@@ -5,7 +5,7 @@ derivatives. ``import multireg`` imports neither framework: a backend's framewor
 first time that backend is used.
 """
 
-from multireg import dynamics, figures, io, itk, metrics, optimize, separable, superres
+from multireg import io, optimize
 from multireg._backend import (
     Backend,
     available_backends,
@@ -15,11 +15,8 @@ from multireg._backend import (
     use_backend,
 )
 from multireg._cache import cache_dir, set_cache_dir
-from multireg.apply import Map, apply, transform_points  # the function shadows the module
-from multireg.batch import register_batch
 from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
-from multireg.homotopy import HomotopyResult, homotopy
 from multireg.interpolation import (
     ImageModel,
     image_model,
@@ -27,12 +24,17 @@ from multireg.interpolation import (
     spline_coefficients,
     spline_interpolate,
 )
-from multireg.many import register_many
-from multireg.metrics import evaluate
-from multireg.registration import RegistrationResult, register
+from multireg.problems import dynamics, separable, superres
+from multireg.problems.batch import register_batch
+from multireg.problems.homotopy import HomotopyResult, homotopy
+from multireg.problems.registration import RegistrationResult, register
 from multireg.regularizers import Curvature, Diffusive, Elastic, Regularizer, regularizer
 from multireg.transforms import Affine, BSpline, Rigid, Transform, Translation, transform
-from multireg.validate import ValidationReport, validate  # the function shadows the module
+from multireg.workflow import figures, itk, metrics
+from multireg.workflow.apply import Map, apply, transform_points  # the function shadows the module
+from multireg.workflow.many import register_many
+from multireg.workflow.metrics import evaluate
+from multireg.workflow.validate import ValidationReport, validate  # the function shadows the module
 
 __version__ = "0.1.0"
 

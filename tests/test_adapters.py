@@ -15,8 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from multireg import _threads
 from multireg._backend import _instance
-
-from .conftest import BACKENDS
+from tests.conftest import BACKENDS
 
 # ------------------------------------------------------------------ any NumPy layout (issue 12.9)
 
@@ -210,8 +209,8 @@ def test_compiled_kernels_receive_varying_numbers_as_arrays():
     _needs("torch")
     from multireg_torch import TorchBackend
 
-    from multireg.homotopy import homotopy
     from multireg.optimize.linesearch import armijo
+    from multireg.problems.homotopy import homotopy
 
     floats = []
 

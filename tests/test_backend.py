@@ -13,8 +13,7 @@ import pytest
 import multireg
 from multireg import _backend
 from multireg._backend import Backend, infer_backend, resolve_backend
-
-from .conftest import AD_BACKENDS, BACKENDS
+from tests.conftest import AD_BACKENDS, BACKENDS
 
 
 def _run(code: str, **env) -> str:

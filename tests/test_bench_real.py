@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import real
 
 from multireg import Domain
-from multireg.metrics import dice, tre
+from multireg.workflow.metrics import dice, tre
 
 
 def _tiny_case() -> real.Case:

@@ -14,8 +14,7 @@ from multireg import Domain
 from multireg.data import blobs
 from multireg.distances import MI, NCC, NGF, SSD, Distance, _parzen, distance
 from multireg.testing import taylor_test
-
-from .conftest import assert_close, rtol
+from tests.conftest import assert_close, rtol
 
 # Both domains have 120 cells and every MI has 8 x 6 bins: JAX compiles each operation once per
 # shape, and reusing shapes keeps the file fast.

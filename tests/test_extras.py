@@ -26,10 +26,10 @@ def test_the_test_extra_installs_every_package_a_test_may_skip_without():
     ]
     provided = {_requirement_name(r) for r in extras["test"]}
     used = set()
-    for path in (ROOT / "tests").glob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         for module in re.findall(r"importorskip\(\s*[\"']([\w.]+)[\"']", path.read_text()):
             top = module.partition(".")[0]
             if top not in {"multireg", *OWN_EXTRA, *sys.stdlib_module_names}:
                 used.add(DISTRIBUTION.get(top, top.replace("_", "-").lower()))
-    assert "tqdm" in used  # the progress-bar test (tests/test_cli.py)
+    assert "tqdm" in used  # the progress-bar test (tests/cli/test_cli.py)
     assert sorted(used - provided) == []

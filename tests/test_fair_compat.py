@@ -19,9 +19,9 @@ import pytest
 from multireg import Domain, gridops, optimize, register
 from multireg.data import FAIR_EXAMPLES, blobs, fair_data_dir, load_fair
 from multireg.distances import MI, NGF, MIGaussNewton, distance, rescaled
-from multireg.metrics import fair_jacobian_determinant
 from multireg.optimize import LinearOperator, Objective, Status
 from multireg.testing import taylor_test
+from multireg.workflow.metrics import fair_jacobian_determinant
 
 # ------------------------------------------------------------------------------------- NGF
 
@@ -336,7 +336,7 @@ def test_fair_compat_gives_mi_a_gauss_newton_form(ad_bk):
 
 
 def test_fair_mi_takes_fairs_range_only_for_data_inside_it():
-    from multireg.registration import _fair_distance
+    from multireg.problems.registration import _fair_distance
 
     T, R = np.zeros((4, 4)), np.full((4, 4), 255.0)
     assert _fair_distance(MI(), T, R, given=False) == MIGaussNewton(

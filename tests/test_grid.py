@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 from multireg import Domain, multilevel, restrict
 from multireg.grid import _restriction_matrix
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 
 def test_geometry_of_the_hands_domain():

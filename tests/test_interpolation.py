@@ -30,8 +30,7 @@ from multireg.interpolation import (
     spline_interpolate,
 )
 from multireg.testing import taylor_test
-
-from .conftest import BACKENDS, assert_close, rtol
+from tests.conftest import BACKENDS, assert_close, rtol
 
 DOMAINS = {
     1: Domain((-1.0, 2.0), (60,)),

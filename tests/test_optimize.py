@@ -30,8 +30,7 @@ from multireg.optimize import (
     steihaug_cg,
     trust_region,
 )
-
-from .conftest import assert_close
+from tests.conftest import assert_close
 
 TIGHT = {"tol_j": 1e-14, "tol_y": 1e-10, "tol_g": 1e-10, "max_iter": 200}
 ROSEN_X0 = [-1.2, 1.0]

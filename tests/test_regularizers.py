@@ -35,8 +35,7 @@ from multireg.gridops import (
 )
 from multireg.regularizers import Curvature, Diffusive, Elastic, regularizer
 from multireg.testing import taylor_test
-
-from .conftest import AD_BACKENDS, assert_close, rtol
+from tests.conftest import AD_BACKENDS, assert_close, rtol
 
 DOMAINS = {
     2: Domain((0.0, 2.0, -1.0, 1.5), (6, 5)),

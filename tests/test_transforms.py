@@ -28,8 +28,7 @@ from multireg.transforms import (
     Translation,
     transform,
 )
-
-from .conftest import assert_close, rtol
+from tests.conftest import assert_close, rtol
 
 CASES = {
     "translation1": Translation(1),

@@ -807,7 +807,7 @@ def _negative_strides(ctx: Context, folder: Path) -> Any:
 
 
 def _dynamics(ctx: Context, name: str = "frames.npy", **kw: Any) -> Any:
-    from multireg import dynamics
+    from multireg.problems import dynamics
 
     frames = ctx.array(name)
     n, m1, m2 = frames.shape if frames.ndim == 3 else (1, *frames.shape)
@@ -818,7 +818,7 @@ def _dynamics(ctx: Context, name: str = "frames.npy", **kw: Any) -> Any:
 
 
 def _superres(ctx: Context, name: str = "frames.npy", **kw: Any) -> Any:
-    from multireg import superres
+    from multireg.problems import superres
 
     frames = ctx.array(name)
     m = frames.shape[-1]
@@ -830,7 +830,7 @@ def _superres(ctx: Context, name: str = "frames.npy", **kw: Any) -> Any:
 
 
 def _homotopy(ctx: Context, **kw: Any) -> Any:
-    from multireg import homotopy
+    from multireg.problems import homotopy
 
     kw.setdefault("backend", ctx.backend)
     return homotopy(ctx.array("T.npy"), ctx.array("R.npy"), (0, 32, 0, 32), **kw)

@@ -1,0 +1,1145 @@
+"""Registration: parametric (PIR) and nonparametric (NPIR), single level and multilevel.
+
+``register(T, R, omega, ...)`` finds y so that the template T(y(x)) matches the reference R(x) on
+the cell-centred grid of ``omega``:
+
+* parametric: J(w) = D(T(y(w, x)), R(x)), y a translation, rigid, affine or B-spline map with
+  FAIR's parameter layouts (FAIR book §6, PIRobjFctn.m; multilevel: MLPIR.m, §6.6);
+* nonparametric: J(y) = D(T(P y), R) + S(y − y_ref), y on the regulariser's grid (staggered for
+  elastic and diffusive, cell-centred for curvature), P the map to cell centres, y_ref the result
+  of a parametric pre-registration on the coarsest level (FAIR book §9, NPIRobjFctn.m, MLIR.m).
+
+Multilevel: the images are averaged down a pyramid (:func:`multireg.multilevel`); each level warm
+starts from the previous one (parameters unchanged, grids prolonged). Each level's stopping rules
+are relative to the identity (FAIR's ``yStop``).
+
+Every kernel an optimiser calls is built once per configuration and compiled by the backend (a
+``jax.jit`` cache keyed by the backend, the domain and the *kinds* of transformation, image
+model, distance and regulariser), with the data passed as arguments. The hyper-parameters (α,
+μ, λ, the image model's θ, NGF's edge, MI's ranges) are data too (issue 13): a second
+registration of the same shapes with other values runs warm, compiling nothing. Per level there
+is one set-up program (the level's data, J at the identity and the distance's scale), the
+optimiser's kernels, and one program for the image pyramid of the whole registration.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from multireg import _checks, gridops, optimize
+from multireg._backend import resolve_backend
+from multireg.distances import Distance, rescaled
+from multireg.distances import distance as make_distance
+from multireg.grid import Domain, Level, multilevel, pyramid_domains
+from multireg.interpolation import ImageModel
+from multireg.optimize import LinearOperator, Objective, Record, Result, Status
+from multireg.regularizers import Regularizer
+from multireg.regularizers import regularizer as make_regularizer
+from multireg.transforms import Transform
+from multireg.transforms import transform as make_transform
+
+__all__ = ["LevelResult", "RegistrationResult", "register"]
+
+PARAMETRIC = ("translation", "rigid", "affine", "bspline")
+MAX_ITER = 50
+"""Default iterations per level (FAIR: 10). Measured on FAIR's hands with levels="auto" and
+theta = 0 (the command line's defaults): affine needs up to 24 per level (7, 17, 9, 11, 24),
+rigid 13, translation 41; with 10, ``multireg register --transform affine`` exited 3."""
+METHODS = ("gauss-newton", "newton", "trust-region", "lbfgs")
+DISTANCES = ("ssd", "ncc", "ngf", "mi", "mi-gn")
+REGULARIZERS = ("elastic", "diffusive", "curvature")
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    """The optimiser's outcome on one level; ``stage``: ``"parametric"`` or ``"nonparametric"``."""
+
+    stage: str
+    domain: Domain
+    result: Result
+    distance: float
+    """D at the level's solution."""
+
+    @property
+    def level(self) -> int:
+        return self.domain.level
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """What :func:`register` returns. Arrays belong to the backend that computed them.
+
+    ``w``: the parametric parameters in the transformation's layout (FAIR's for the linear maps;
+    :meth:`~multireg.transforms.BSpline.to_fair` converts a B-spline's); for a nonparametric
+    registration those of the pre-registration, or None. ``y``: the transformed cell-centred
+    grid of the finest level, shape ``(n, d)``. ``y_grid``: the nonparametric unknown on its
+    grid (stacked components), or None. ``warped``: T(y) on the reference grid, shape ``m``.
+    ``reduction``: D(y)/D(identity) on the finest level (FAIR's MLhis.reduction; MI is
+    negative, so there a gain is a reduction above 1). ``det_min``: the minimum of det ∇y over
+    the cells and ``folded_cells`` how many have det ∇y ≤ 0 (nonparametric only; a map that
+    folds is not invertible there, which ``folded`` and ``warnings`` say).
+
+    Distances, J and ‖∇J‖ (here, in ``levels`` and passed to ``callback``) are in the units of
+    the images given (±inf or 0 where such a value is beyond the float range).
+    ``intensity_exponent`` is 0 unless the intensities were extreme (beyond 2^±128 in float64,
+    2^±16 in float32): the computation then ran on them times 2^intensity_exponent (exact), and
+    the solvers' messages quote thresholds in those scaled units.
+    """
+
+    w: Any
+    y: Any
+    y_grid: Any
+    warped: Any
+    distance: float
+    reduction: float
+    levels: tuple[LevelResult, ...]
+    transform: Transform | str
+    backend: str
+    det_min: float | None = None
+    timings: dict = field(default_factory=dict)
+    folded_cells: int | None = None
+    warnings: tuple[str, ...] = ()
+    intensity_exponent: int = 0
+
+    @property
+    def folded(self) -> bool:
+        """The nonparametric map folds (det ∇y ≤ 0 in some cell)."""
+        return bool(self.folded_cells)
+
+    @property
+    def status(self) -> Status:
+        """The finest level's status."""
+        return self.levels[-1].result.status
+
+    @property
+    def success(self) -> bool:
+        return self.status is Status.CONVERGED
+
+    @property
+    def iterations(self) -> tuple[int, ...]:
+        return tuple(lv.result.iterations for lv in self.levels)
+
+    @property
+    def history(self) -> tuple:
+        return tuple(lv.result.history for lv in self.levels)
+
+
+# ------------------------------------------------------------------------------- entry point
+
+
+def register(
+    T: Any,
+    R: Any,
+    omega: Any,
+    *,
+    transform: str | Transform = "affine",
+    distance: str | Distance = "ssd",
+    image_model: str = "spline",
+    theta: float = 0.0,
+    levels: int | str | tuple[int, int] | None = None,
+    method: str = "gauss-newton",
+    w0: Any = None,
+    backend: Any = None,
+    dtype: str = "float64",
+    p: tuple[int, ...] | None = None,
+    regularizer: str = "elastic",
+    alpha: float | None = None,
+    mu: float = 1.0,
+    lam: float = 0.0,
+    pre_registration: str | None = "affine",
+    max_iter: int = MAX_ITER,
+    tol_j: float = 1e-3,
+    tol_y: float = 1e-2,
+    tol_g: float = 1e-2,
+    cg_rtol: float = 0.1,
+    cg_max_iter: int = 500,
+    callback: Callable[[str, Domain, Any], Any] | None = None,
+    verbose: bool = False,
+    fair_compat: bool = False,
+    linear_solver: str | None = None,
+    prolongation: str | None = None,
+    det_method: str | None = None,
+) -> RegistrationResult:
+    """Register template ``T`` to reference ``R`` on the domain ``omega``.
+
+    Parameters (keyword-only after ``omega``; a misspelt option is an error):
+
+    T, R
+        Images of the same shape ``m`` (2D or 3D, at least 4 cells per axis), NumPy or backend
+        arrays (bool counts as 0/1); ``omega`` the domain ``(a1, b1, a2, b2[, a3, b3])``. The
+        registration is not differentiated through: a torch tensor that requires grad is
+        detached, and the outputs carry no graph. Each image needs contrast at the working
+        precision (see :func:`multireg._checks.image`).
+    transform
+        ``"translation"``, ``"rigid"``, ``"affine"``, ``"bspline"`` (control grid ``p``),
+        a :class:`~multireg.transforms.Transform`, or ``"nonparametric"``.
+    distance
+        ``"ssd"``, ``"ncc"``, ``"ngf"``, ``"mi"`` or a distance object. MI has no Gauss–Newton
+        form: use ``method="lbfgs"`` or ``"trust-region"``/``"newton"`` with it.
+    image_model, theta
+        ``"spline"`` (cubic B-spline with the moments smoothing weight ``theta``, FAIR's index
+        units at each level) or ``"linear"``.
+    levels
+        None: one level at full resolution. ``"auto"`` (what the command line uses): every
+        level of the pyramid with at least 8 cells along every axis. An int k: the k finest
+        levels of the pyramid. A pair ``(lo, hi)``: FAIR's level numbers (level ℓ has about
+        2^ℓ cells per axis). Every level needs at least 4 cells along every axis.
+    method
+        ``"gauss-newton"``, ``"newton"`` (exact Hessian), ``"trust-region"`` (Newton–CG with
+        Steihaug's CG on the exact Hessian) or ``"lbfgs"``. Nonparametric: Gauss–Newton or L-BFGS.
+    w0
+        Starting parameters (default the identity), in the layout of ``w`` in the result.
+    backend, dtype
+        The backend (name or object; default: inferred from the arrays, else the active one)
+        and ``"float64"`` (default) or ``"float32"``.
+    regularizer, alpha, mu, lam, pre_registration
+        Nonparametric only: ``"elastic"`` (Navier–Lamé ``mu``, ``lam``), ``"diffusive"`` or
+        ``"curvature"``, weight ``alpha`` (required), and the parametric pre-registration on the
+        coarsest level (``"affine"``, ``"rigid"``, ``"translation"`` or None) whose result is the
+        regulariser's reference.
+    max_iter, tol_j, tol_y, tol_g, cg_rtol, cg_max_iter
+        Per level: FAIR's stopping rules and the PCG tolerance, with FAIR's defaults except
+        ``max_iter`` (:data:`MAX_ITER`; FAIR's 10 stops its own hands examples before they
+        converge). Convergence is also declared where no decrease of J is possible at round-off
+        level (an image registered to itself), judged against the size of the distance's terms.
+    callback
+        ``callback(stage, domain, record)`` after each iteration (for progress displays).
+    fair_compat
+        True: reproduce FAIR's own computations (FAIR.m, Modersitzki 2009) where multireg's
+        defaults differ from them, by switching every option below to its FAIR value unless
+        it is given, and the distance: ``"ngf"`` (or an :class:`~multireg.distances.NGF`)
+        takes FAIR's boundary rows (``NGF(boundary="fair")``; the edge stays the one given),
+        and ``"mi"`` (or an :class:`~multireg.distances.MI`) becomes FAIR's Gauss–Newton form
+        :class:`~multireg.distances.MIGaussNewton` (FAIR's 32 × 30 bins over FAIR's range
+        [0, 256] when both images lie in it, else over R's range; an MI object keeps its
+        ranges and its bins less the 3 guard widths), so ``method="gauss-newton"`` works with
+        MI. Defaults (False) are what serves users best; each option says why.
+    linear_solver
+        ``"pcg"`` (default): the Gauss–Newton system by Jacobi-PCG to ``cg_rtol`` (FAIR's
+        matrix-free solvers' truncated solve: cheaper, same minimiser within the stopping
+        tolerances); ``"direct"`` (fair_compat): solved exactly, as FAIR's backslash (see
+        :func:`multireg.optimize.gauss_newton`). Gauss–Newton and Newton only.
+    prolongation
+        Nonparametric multilevel: how a coarse level's displacement is carried to the outer
+        half cells of the next. ``"linear"`` (default): extrapolated linearly, so an affine
+        pre-registration is carried over exactly; ``"constant"`` (fair_compat): copied, as
+        FAIR's mfPu (:func:`multireg.gridops.prolong`).
+    det_method
+        Nonparametric: the det ∇y behind ``det_min``, ``folded_cells`` and the fold warning.
+        ``"multireg"`` (default): :func:`multireg.gridops.jacobian_determinant`, differences of
+        the unknowns on their own grid; ``"fair"`` (fair_compat): FAIR's geometry 'Jac' after
+        carrying y to the nodes (:func:`multireg.metrics.fair_jacobian_determinant`), whose
+        averaging hides some folds of a staggered map.
+    """
+    # ------------------------------------------------------------- validate, before any work
+    T, R, w0 = _checks.detached(T), _checks.detached(R), _checks.detached(w0)
+    _checks.choice("dtype", dtype, ("float64", "float32"))
+    shape_T = _checks.image("T", T, dtype=dtype)
+    shape_R = _checks.image("R", R, dtype=dtype)
+    _checks.same_shape(("T", "R"), shape_T, shape_R)
+    domain = Domain(omega, shape_T)
+    nonparametric = isinstance(transform, str) and transform == "nonparametric"
+    _checks.choice("method", method, METHODS)
+    _checks.choice("image_model", image_model, ("spline", "linear"))
+    model = ImageModel(image_model, theta=theta)
+    if not isinstance(fair_compat, (bool, np.bool_)):
+        raise TypeError(f"fair_compat must be True or False, not {type(fair_compat).__name__}")
+    fair_compat = bool(fair_compat)
+    linear_solver, prolongation, det_method = (
+        _checks.choice(name, value, allowed)
+        for name, value, allowed in (
+            ("linear_solver", _fair_default(linear_solver, fair_compat, "pcg", "direct"),
+             ("pcg", "direct")),
+            ("prolongation", _fair_default(prolongation, fair_compat, "linear", "constant"),
+             ("linear", "constant")),
+            ("det_method", _fair_default(det_method, fair_compat, "multireg", "fair"),
+             ("multireg", "fair")),
+        )
+    )  # fmt: skip
+    if isinstance(distance, str):
+        _checks.choice("distance", distance.lower(), DISTANCES)
+        dist = make_distance(distance)
+    elif isinstance(distance, Distance):
+        dist = distance
+    else:
+        raise TypeError(f"distance must be a name or a Distance, not {type(distance).__name__}")
+    if fair_compat:
+        dist = _fair_distance(dist, T, R, given=not isinstance(distance, str))
+    if method == "gauss-newton" and not dist.gauss_newton:
+        raise ValueError(
+            f"distance {type(dist).__name__} has no Gauss–Newton form; "
+            "use method='lbfgs', 'trust-region' or 'newton'"
+        )
+    for name, value in (("max_iter", max_iter), ("cg_max_iter", cg_max_iter)):
+        if isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, not bool")
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g), ("cg_rtol", cg_rtol)):
+        _checks.positive(name, value, allow_zero=True)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+    selected = _select_levels(domain, levels)
+    reg: Regularizer | None = None
+    if nonparametric:
+        if method not in ("gauss-newton", "lbfgs"):
+            raise ValueError("nonparametric registration supports method 'gauss-newton' or 'lbfgs'")
+        if alpha is None:
+            raise ValueError(
+                "alpha (the regularisation weight) is required for nonparametric registration"
+            )
+        _checks.choice("regularizer", regularizer, REGULARIZERS)
+        reg = make_regularizer(regularizer, alpha=alpha, **_elastic_options(regularizer, mu, lam))
+        if pre_registration is not None:
+            _checks.choice("pre_registration", pre_registration, ("translation", "rigid", "affine"))
+        if w0 is not None:
+            raise ValueError(
+                "w0 applies to parametric registration; nonparametric starts from pre_registration"
+            )
+        trafo: Transform | None = None
+    else:
+        trafo = _make_transform(transform, domain, p)
+        if p is not None and not (isinstance(transform, str) and transform == "bspline"):
+            raise ValueError("p (the control grid) applies to transform='bspline' only")
+    # Intensities far from 1 (1e300, 1e-310) are multiplied by a power of two (exact); the
+    # distance and the regulariser's weight follow, so the problem is the same in other units.
+    exponent = _checks.intensity_exponent(dtype, T, R)
+    power = 0
+    if exponent:
+        scaled = rescaled(dist, exponent)
+        if scaled is None:
+            raise ValueError(
+                f"T and R have intensities of magnitude 2^{-exponent}, beyond what {dtype} "
+                f"computes safely, and distance {type(dist).__name__} cannot be rescaled "
+                "exactly: divide the images by a common factor near their magnitude"
+            )
+        dist, power = scaled
+        if reg is not None:
+            try:
+                reg = dataclasses.replace(reg, alpha=math.ldexp(reg.alpha, exponent * power))
+            except OverflowError:
+                raise ValueError(
+                    f"alpha = {alpha!r} is about 2^{-exponent * power} times the distance of "
+                    f"these images (intensities of magnitude 2^{-exponent}): the problem "
+                    "cannot be represented; rescale the images"
+                ) from None
+
+    bk = resolve_backend(backend, T, R)
+    if not bk.differentiable:
+        raise ValueError(f"backend {bk.name!r} cannot differentiate; use 'torch' or 'jax'")
+    Tb, Rb = _to_backend(bk, T, dtype, exponent), _to_backend(bk, R, dtype, exponent)
+    if w0 is not None:
+        w0 = bk.asarray(w0, dtype=dtype)
+        if tuple(w0.shape) != (trafo.n_params,):
+            raise ValueError(f"w0 must have shape ({trafo.n_params},), got {tuple(w0.shape)}")
+        if not np.all(np.isfinite(_checks.to_host(w0))):
+            raise ValueError("w0 contains NaN or Inf")
+
+    options = dict(tol_j=tol_j, tol_y=tol_y, tol_g=tol_g, max_iter=max_iter)
+    if method in ("gauss-newton", "newton", "trust-region"):
+        options.update(cg_rtol=cg_rtol, cg_max_iter=cg_max_iter)
+    if method in ("gauss-newton", "newton"):
+        options.update(linear_solver=linear_solver)
+    started = time.perf_counter()
+    pyramid = _pyramid(bk, domain, selected, Tb, Rb)
+    # α, μ, λ, θ and the distance's parameters are the kernels' data, not their cache key
+    problem = _Problem.of(bk.xp, model, dist, reg, Tb.dtype, _device(Tb))
+
+    units = _Units(exponent, power)
+    if nonparametric:
+        out = _nonparametric(
+            bk, pyramid, problem, pre_registration, method, options, callback, verbose,
+            units, prolongation=prolongation, det_method=det_method,
+        )  # fmt: skip
+    else:
+        out = _parametric(
+            bk, pyramid, trafo, problem, method, w0, options, callback, verbose, units
+        )
+    out.timings["total"] = time.perf_counter() - started
+    return out
+
+
+def _fair_default(value, fair_compat, default, fair):
+    """An option's value: the one given, else FAIR's under fair_compat, else multireg's."""
+    if value is not None:
+        return value
+    return fair if fair_compat else default
+
+
+FAIR_MI_RANGE = (0.0, 256.0)
+"""FAIR's MI assumes intensities in [0, 256] (MImex.m's minT, maxT, minR, maxR)."""
+
+
+def _fair_distance(dist, T, R, *, given):
+    """The distance as FAIR computes it (see ``fair_compat`` in :func:`register`)."""
+    from multireg.distances import MI, NGF, MIGaussNewton
+
+    if type(dist) is NGF:
+        return dataclasses.replace(dist, boundary="fair")
+    if type(dist) is not MI:
+        return dist
+    if given:
+        return MIGaussNewton(
+            bins_T=max(1, dist.bins_T - 3),
+            bins_R=max(1, dist.bins_R - 3),
+            range_T=dist.range_T,
+            range_R=dist.range_R,
+        )
+    lo, hi = FAIR_MI_RANGE
+    inside = all(
+        lo <= float(np.min(a)) and float(np.max(a)) <= hi
+        for a in (np.asarray(_checks.to_host(T)), np.asarray(_checks.to_host(R)))
+    )
+    ranges = {"range_T": FAIR_MI_RANGE, "range_R": FAIR_MI_RANGE} if inside else {}
+    return MIGaussNewton(**ranges)
+
+
+def _to_backend(bk, x, dtype, exponent):
+    if not exponent:
+        return bk.asarray(x, dtype=dtype)
+    # Scale on the host in float64: XLA flushes subnormal inputs (1e-310) to zero, and 1e300
+    # would overflow a direct conversion to float32. Then back to the array's device.
+    device = None if isinstance(x, np.ndarray) else _device(x)
+    host = _checks.times_power_of_two(np.asarray(_checks.to_host(x), dtype=np.float64), exponent)
+    return bk.asarray(host, dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class _Units:
+    """The computation ran on intensities × 2^``exponent``, where D and J are 2^(exponent ·
+    ``power``) times the user's: this converts what is reported back, exactly (to ±inf or 0
+    where the user's value is beyond the float range, as for SSD of intensities near 1e300)."""
+
+    exponent: int = 0
+    power: int = 0
+
+    def image(self, bk: Any, x: Any) -> Any:
+        """An image computed in the scaled units, in the user's (on the host: see
+        :func:`_to_backend`)."""
+        if not self.exponent:
+            return x
+        return _to_backend(bk, x, x.dtype, -self.exponent)
+
+    def j(self, value: float) -> float:
+        """A computed J (or D, or ‖∇J‖) in the user's units."""
+        if self.exponent == 0 or self.power == 0:
+            return value
+        try:
+            return math.ldexp(value, -self.power * self.exponent)
+        except OverflowError:
+            return math.copysign(math.inf, value)
+
+    def record(self, r: Record) -> Record:
+        if self.exponent == 0 or self.power == 0:
+            return r
+        return dataclasses.replace(r, fun=self.j(r.fun), grad_norm=self.j(r.grad_norm))
+
+    def result(self, res: Result) -> Result:
+        if self.exponent == 0 or self.power == 0:
+            return res
+        return dataclasses.replace(
+            res,
+            fun=self.j(res.fun),
+            grad_norm=self.j(res.grad_norm),
+            history=tuple(self.record(r) for r in res.history),
+        )
+
+
+MIN_CELLS = 4
+"""The fewest cells along an axis that a level may have: with fewer, the cubic spline of a
+2×2 image is mostly boundary, and maps that move the image out of the domain win."""
+AUTO_MIN_CELLS = 8
+"""``levels="auto"``: every level of the pyramid whose smallest axis has at least this many
+cells (FAIR's examples start at 8×8, level 3)."""
+
+
+def _select_levels(domain: Domain, levels: Any) -> list[Domain]:
+    if min(domain.m) < MIN_CELLS:
+        raise ValueError(
+            f"T and R have shape {domain.m}: registration needs at least {MIN_CELLS} cells "
+            "along every axis"
+        )
+    usable = pyramid_domains(domain, min_size=MIN_CELLS)
+    if levels is None:
+        return [domain]
+    if isinstance(levels, str):
+        if levels != "auto":
+            raise ValueError(f"levels must be None, 'auto', an int or a pair, not {levels!r}")
+        return [d for d in usable if min(d.m) >= AUTO_MIN_CELLS] or [domain]
+    if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
+        if not 1 <= levels <= len(usable):
+            raise ValueError(
+                f"levels must be between 1 and {len(usable)} for shape {domain.m} (every level "
+                f"needs at least {MIN_CELLS} cells along every axis), got {levels}"
+            )
+        return usable[-int(levels) :]
+    if isinstance(levels, tuple) and len(levels) == 2:
+        lo, hi = levels
+        for v in levels:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"levels must be a pair of integers (lo, hi), not {levels!r}")
+        everything = pyramid_domains(domain, min_size=1)
+        chosen = [d for d in everything if lo <= d.level <= hi]
+        if not chosen or lo > hi:
+            numbers = [d.level for d in usable]
+            raise ValueError(f"levels {levels} selects no level; this image has levels {numbers}")
+        small = [d for d in chosen if min(d.m) < MIN_CELLS]
+        if small:
+            raise ValueError(
+                f"levels {levels} includes level {small[0].level} with m = {small[0].m}; every "
+                f"level needs at least {MIN_CELLS} cells along every axis (the coarsest possible "
+                f"here is level {usable[0].level})"
+            )
+        return chosen
+    raise TypeError(f"levels must be None, 'auto', an int or a pair (lo, hi), not {levels!r}")
+
+
+def _elastic_options(name: str, mu: float, lam: float) -> dict:
+    if name == "elastic":
+        return {"mu": mu, "lam": lam}
+    if (mu, lam) != (1.0, 0.0):
+        raise ValueError(f"mu and lam apply to the elastic regulariser, not {name!r}")
+    return {}
+
+
+def _make_transform(transform: Any, domain: Domain, p: Any) -> Transform:
+    if isinstance(transform, Transform):
+        if transform.dim != domain.dim:
+            raise ValueError(f"transform is {transform.dim}D but the images are {domain.dim}D")
+        return transform
+    _checks.choice("transform", transform, (*PARAMETRIC, "nonparametric"))
+    if transform == "bspline":
+        if p is None:
+            raise ValueError("transform='bspline' needs p, the control grid size, e.g. p=(8, 8)")
+        return make_transform("bspline", omega=domain.omega, p=p)
+    return make_transform(transform, dim=domain.dim)
+
+
+# ------------------------------------------------------------------ hyper-parameters as data
+
+
+class _DataSlot:
+    """What a hyper-parameter's field holds in a kernel's cache key: its value is an argument."""
+
+    def __repr__(self) -> str:
+        return "<data>"
+
+
+_SLOT = _DataSlot()
+
+
+def _data_fields() -> dict:
+    """The fields of each class that the kernels take as data, by class. Only classes checked
+    to use these fields in arithmetic alone (no Python branch on their value, which a traced
+    value cannot take) are listed; a field that is None (a default computed from the data)
+    stays part of the structure. Any other object keys the kernels whole, as before."""
+    from multireg import distances
+    from multireg.regularizers import Curvature, Diffusive, Elastic
+
+    table = {
+        ImageModel: ("theta",),
+        Elastic: ("alpha", "mu", "lam"),
+        Diffusive: ("alpha",),
+        Curvature: ("alpha",),
+        distances.NGF: ("edge",),
+        distances.MI: ("range_T", "range_R"),
+    }
+    gauss_newton_mi = getattr(distances, "MIGaussNewton", None)
+    if gauss_newton_mi is not None:
+        table[gauss_newton_mi] = ("range_T", "range_R")
+    return table
+
+
+def _with_fields(obj: Any, values: dict) -> Any:
+    """A copy of the frozen dataclass ``obj`` with ``values`` set and no validation: the values
+    may be traced arrays, which ``__post_init__``'s checks (made on the host, once) cannot read."""
+    if not values:
+        return obj
+    out = copy.copy(obj)
+    for name, value in values.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
+def _split_data(obj: Any) -> tuple[Any, dict]:
+    """(structure, values): ``obj`` with its hyper-parameters replaced by a slot (the cache key
+    of its kernels) and those values (floats, or pairs of floats), by field name."""
+    if obj is None:
+        return None, {}
+    names = _data_fields().get(type(obj), ())
+    values = {n: getattr(obj, n) for n in names if getattr(obj, n) is not None}
+    return _with_fields(obj, dict.fromkeys(values, _SLOT)), values
+
+
+def _hyper_arrays(xp: Any, values: dict, dtype: Any, device: Any) -> dict:
+    """The values of :func:`_split_data` as 0-d arrays of the computation's dtype (a float64
+    value would promote a float32 computation)."""
+
+    def array(v):
+        if isinstance(v, tuple):
+            return tuple(xp.asarray(e, dtype=dtype, device=device) for e in v)
+        return xp.asarray(v, dtype=dtype, device=device)
+
+    return {name: array(v) for name, v in values.items()}
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The model, distance and regulariser as structures (hashable: the kernels' cache key)
+    and their hyper-parameters as arrays (``hyper``: a pytree, passed to every kernel)."""
+
+    model: ImageModel
+    dist: Any
+    reg: Any
+    hyper: dict = field(compare=False, hash=False)
+
+    @staticmethod
+    def of(xp, model, dist, reg, dtype, device) -> _Problem:
+        parts = [_split_data(o) for o in (model, dist, reg)]
+        hyper = {
+            key: _hyper_arrays(xp, values, dtype, device)
+            for key, (_, values) in zip(("model", "dist", "reg"), parts, strict=True)
+        }
+        return _Problem(*(s for s, _ in parts), hyper=hyper)
+
+    def bind(self, hyper: dict) -> tuple[Any, Any, Any]:
+        """Model, distance and regulariser with the (traced) values ``hyper``."""
+        return (
+            _with_fields(self.model, hyper["model"]),
+            _with_fields(self.dist, hyper["dist"]),
+            _with_fields(self.reg, hyper["reg"]),
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(bk: Any, fn: Callable, *static: Any, **options: Any) -> Callable:
+    """``bk.jit`` of ``fn(x, *static, **options)`` as a function of x alone (static: hashable
+    sizes, domains, kinds): one program instead of an eager dispatch per operation."""
+    return bk.jit(lambda x: fn(x, *static, **options))
+
+
+@functools.lru_cache(maxsize=32)
+def _pyramid_kernel(bk: Any, domain: Domain, selected: tuple[Domain, ...]) -> Callable:
+    """The images on the selected levels of :func:`multireg.multilevel`'s pyramid, built in one
+    compiled function (eagerly, JAX compiles each averaging step as a program of its own)."""
+    coarsest = min(min(d.m) for d in selected)
+
+    def build(T, R):
+        levels = multilevel(domain, T, R, min_size=coarsest)
+        return tuple(lv.images for lv in levels if lv.domain in selected)
+
+    return bk.jit(build)
+
+
+def _pyramid(bk: Any, domain: Domain, selected: list[Domain], T: Any, R: Any) -> list[Level]:
+    if list(selected) == [domain]:
+        return [Level(domain, (T, R))]
+    images = _pyramid_kernel(bk, domain, tuple(selected))(T, R)
+    return [Level(d, tuple(im)) for d, im in zip(selected, images, strict=True)]
+
+
+# ------------------------------------------------------------------------------ parametric
+
+
+def _image_and_gradient(bk, evaluate, coef, y):
+    """T(y) (shape (n,)) and the pointwise gradient ∇T(y) (shape (n, d)) from one pullback:
+    T(y_i) depends on y_i only, so the pullback of a vector of ones is the gradient."""
+    Tc, pullback = bk.vjp(lambda u: evaluate(coef, u), y)
+    return Tc, pullback(bk.xp.ones_like(Tc))
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluator(bk, model, domain):
+    """``model.evaluate`` on ``domain`` as a function of (coef, x). On a backend whose compiled
+    functions nest (``bk.nests_jit``: JAX), a compiled function: every kernel that calls it
+    then reuses its traced program, where tracing the spline's 4^d stencil was the largest part
+    of tracing each kernel. The image model's θ is not read here (only by its coefficients)."""
+
+    def evaluate(coef, x):
+        return model.evaluate(coef, domain, x)
+
+    return bk.jit(evaluate) if getattr(bk, "nests_jit", False) else evaluate
+
+
+def _level_values(xp, model, evaluate, d, T, R):
+    """Template coefficients, the reference at the cell centres and the grid (FAIR), traced."""
+    x = d.cell_centers(xp, dtype=T.dtype, device=_device(T))
+    coef = model.coefficients(T)
+    Rc = R
+    if model.kind == "spline":
+        # FAIR smooths R with the same θ when θ ≠ 0; θ is an array here, so select by value
+        smooth = xp.reshape(evaluate(model.coefficients(R), x), d.m)
+        Rc = xp.where(model.theta != 0, smooth, R)
+    return coef, Rc, x
+
+
+def _scale_values(xp, dist, domain, Rc):
+    """[D(0, R), D(R, R)]: the magnitude of the distance's terms whatever the alignment (SSD:
+    ½ hd ‖R‖²; NCC: 1; NGF: |Ω|; MI: the entropy of R), for the solvers' round-off tests."""
+    return [dist(xp.zeros_like(Rc), Rc, domain), dist(Rc, Rc, domain)]
+
+
+def _j_scale(values) -> float:
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    return float(np.max(np.where(np.isfinite(values), values, 0.0)))
+
+
+@functools.lru_cache(maxsize=32)
+def _parametric_kernels(bk, trafo, model, dist, domain):
+    """Compiled J, ∇J, Gauss–Newton and exact curvatures of J(w) on one level, the level's set-up
+    and the result. ``model`` and ``dist`` are structures (:func:`_split_data`): every kernel
+    takes their hyper-parameters as its argument ``hyper``."""
+    xp = bk.xp
+    evaluate = _evaluator(bk, model, domain)
+
+    def bound(hyper):
+        return _with_fields(model, hyper["model"]), _with_fields(dist, hyper["dist"])
+
+    def warped(w, hyper, coef, x):
+        return xp.reshape(evaluate(coef, trafo(w, x)), domain.m)
+
+    def residual(w, hyper, coef, Rc, x):
+        return bound(hyper)[1].residual(warped(w, hyper, coef, x), Rc, domain)
+
+    def J(w, hyper, coef, Rc, x):
+        return bound(hyper)[1](warped(w, hyper, coef, x), Rc, domain)
+
+    def setup(hyper, T, R):
+        """The level's data (:func:`_level_values`) and [J(identity), D(0, R), D(R, R)]: one
+        program, not one per quantity."""
+        model_, dist_ = bound(hyper)
+        coef, Rc, x = _level_values(xp, model_, evaluate, domain, T, R)
+        w_id = trafo.identity(xp, dtype=T.dtype, device=_device(T))
+        stats = xp.stack([J(w_id, hyper, coef, Rc, x), *_scale_values(xp, dist_, domain, Rc)])
+        return coef, Rc, x, stats
+
+    def result(w, hyper, coef, x):
+        return warped(w, hyper, coef, x), trafo(w, x)
+
+    def value_and_grad(w, hyper, coef, Rc, x):
+        return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, x))(w)
+
+    def gn_matrix(w, hyper, coef, Rc, x):
+        """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR's factorisation, book §6.3): one pullback
+        gives the pointwise image gradient dT, so the stencil is not pushed once per parameter."""
+        dist_ = bound(hyper)[1]
+        Tc, dT = _image_and_gradient(bk, evaluate, coef, trafo(w, x))
+        dy = bk.jacobian(lambda v: trafo(v, x))(w)  # (n, d, p); cheap: no interpolation
+        JT = sum(dT[:, k, None] * dy[:, k, :] for k in range(domain.dim))  # (n, p)
+        T0 = xp.reshape(Tc, domain.m)
+        zero = xp.zeros(JT.shape[1], dtype=JT.dtype, device=_device(JT))
+        Jr = bk.jacobian(
+            lambda t: dist_.residual(T0 + xp.reshape(JT @ t, domain.m), Rc, domain)
+        )(zero)
+        W = dist_.gn_weight(dist_.residual(T0, Rc, domain), Rc, domain)
+        return Jr.T @ ((W[:, None] if W.ndim else W) * Jr)
+
+    def gn_matvec(w, v, hyper, coef, Rc, x):
+        dist_ = bound(hyper)[1]
+        r, jv = bk.jvp(lambda u: residual(u, hyper, coef, Rc, x), w, v)
+        _, pullback = bk.vjp(lambda u: residual(u, hyper, coef, Rc, x), w)
+        return pullback(dist_.gn_weight(r, Rc, domain) * jv)
+
+    def hessian(w, hyper, coef, Rc, x):
+        return bk.hessian(lambda v: J(v, hyper, coef, Rc, x))(w)
+
+    def hvp(w, v, hyper, coef, Rc, x):
+        return bk.hvp(lambda u: J(u, hyper, coef, Rc, x), w, v)
+
+    jit = bk.jit
+    return dict(
+        setup=jit(setup),
+        result=jit(result),
+        J=jit(J),
+        value_and_grad=jit(value_and_grad),
+        gn_matrix=jit(gn_matrix),
+        gn_matvec=jit(gn_matvec),
+        hessian=jit(hessian),
+        hvp=jit(hvp),
+    )
+
+
+def _parametric_objective(bk, kernels, data, n_params) -> Objective:
+    dense = n_params <= optimize.DENSE_MAX
+
+    def gauss_newton(w):
+        if dense:
+            return LinearOperator.from_matrix(kernels["gn_matrix"](w, *data))
+        return LinearOperator(matvec=lambda v: kernels["gn_matvec"](w, v, *data))
+
+    def exact(w):
+        if dense:
+            return LinearOperator.from_matrix(kernels["hessian"](w, *data))
+        return LinearOperator(matvec=lambda v: kernels["hvp"](w, v, *data))
+
+    return Objective(
+        bk=bk,
+        value=lambda w: kernels["J"](w, *data),
+        value_and_grad=lambda w: kernels["value_and_grad"](w, *data),
+        hessian=gauss_newton,
+        exact_hessian=exact,
+        curvature="gauss-newton",
+    )
+
+
+def _solve(method, objective, x0, options, x_stop, j_stop, j_scale, callback):
+    common = dict(x_stop=x_stop, j_stop=j_stop, j_scale=j_scale, callback=callback, **options)
+    if method == "gauss-newton":
+        return optimize.gauss_newton(objective, x0, **common)
+    if method == "newton":
+        return optimize.newton(objective, x0, **common)
+    if method == "trust-region":
+        common["cg_max_iter"] = min(common["cg_max_iter"], 50)
+        return optimize.trust_region(objective, x0, curvature="exact", **common)
+    common.pop("cg_rtol", None)
+    common.pop("cg_max_iter", None)
+    return optimize.lbfgs(objective, x0, **common)
+
+
+def _parametric(
+    bk, pyramid, trafo, problem, method, w0, options, callback, verbose, units
+):  # fmt: skip
+    dtype = pyramid[-1].images[0].dtype
+    device = _device(pyramid[-1].images[0])
+    # the identity's parameters from the host: no eager program for a constant
+    w_id = bk.asarray(np.asarray(trafo.identity()), dtype=dtype, device=device)
+    w = w_id if w0 is None else w0
+    hyper = problem.hyper
+    results = []
+    for level in pyramid:
+        kernels = _parametric_kernels(bk, trafo, problem.model, problem.dist, level.domain)
+        coef, Rc, x, stats = kernels["setup"](hyper, *level.images)
+        j_stop, *scale = bk.to_numpy(stats).tolist()
+        objective = _parametric_objective(bk, kernels, (hyper, coef, Rc, x), trafo.n_params)
+        cb = _level_callback(callback, verbose, "parametric", level.domain, units)
+        res = _solve(method, objective, w, options, w_id, j_stop, _j_scale(scale), cb)
+        w = res.x
+        final = res.fun
+        res = units.result(res)
+        results.append(LevelResult("parametric", level.domain, res, res.fun))
+    warped, y = kernels["result"](w, hyper, coef, x)
+    j_id = j_stop  # J at the identity on the finest level
+    return RegistrationResult(
+        w=w,
+        y=y,
+        y_grid=None,
+        warped=units.image(bk, warped),
+        distance=units.j(final),
+        reduction=final / j_id if j_id else float("nan"),
+        levels=tuple(results),
+        transform=trafo,
+        backend=bk.name,
+        intensity_exponent=units.exponent,
+    )
+
+
+def _level_callback(callback, verbose, stage, domain, units):
+    if callback is None and not verbose:
+        return None
+
+    def cb(record):
+        record = units.record(record)
+        if verbose:
+            print(
+                f"{stage} m={domain.m} it={record.iteration:3d} J={record.fun:.6e} "
+                f"|dJ|={record.grad_norm:.3e} step={record.step_length:.3g}"
+            )
+        if callback is not None:
+            callback(stage, domain, record)
+
+    return cb
+
+
+def _device(x):
+    import array_api_compat
+
+    return array_api_compat.device(x)
+
+
+# --------------------------------------------------------------------------- nonparametric
+
+
+@functools.lru_cache(maxsize=32)
+def _nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=None):
+    """Compiled J(y) = D(T(P y), R) + S(y − y_ref), its gradient, the pieces of H_GN, the
+    level's set-up and the result. ``model``, ``dist`` and ``reg`` are structures
+    (:func:`_split_data`): every kernel takes their hyper-parameters as its argument ``hyper``,
+    so a new α, μ, λ, θ or distance parameter compiles nothing."""
+    xp = bk.xp
+    kind = reg.kind
+    radius = getattr(dist, "residual_radius", None)
+    evaluate = _evaluator(bk, model, domain)
+
+    def bound(hyper):
+        return (
+            _with_fields(model, hyper["model"]),
+            _with_fields(dist, hyper["dist"]),
+            _with_fields(reg, hyper["reg"]),
+        )
+
+    def points(y):
+        return gridops.to_cell_centers(y, domain, kind)
+
+    def distance_value(y, hyper, coef, Rc):
+        Tc = xp.reshape(evaluate(coef, points(y)), domain.m)
+        dist_ = bound(hyper)[1]
+        return dist_(Tc, Rc, domain)
+
+    def J(y, hyper, coef, Rc, y_ref):
+        reg_ = bound(hyper)[2]
+        return distance_value(y, hyper, coef, Rc) + reg_.value(y, domain, y_ref)
+
+    def setup(hyper, T, R, w_pre):
+        """The level's data, the identity grid x, y_ref (the pre-registration's map on x),
+        diag(S''), and [J(x), D(x), D(0, R), D(R, R)]: one program, not one per quantity."""
+        model_, dist_, reg_ = bound(hyper)
+        coef, Rc, _ = _level_values(xp, model_, evaluate, domain, T, R)
+        dtype, device = T.dtype, _device(T)
+        x_grid = gridops.identity_grid(domain, kind, xp, dtype=dtype, device=device)
+        if pre_trafo is None:
+            y_ref = x_grid
+        else:
+            y_ref = _map_grid(pre_trafo, w_pre, x_grid, domain, kind, xp)
+        reg_diag = reg_.diagonal(domain, xp, dtype=dtype, device=device)
+        d_id = distance_value(x_grid, hyper, coef, Rc)
+        j_id = d_id + reg_.value(x_grid, domain, y_ref)
+        stats = xp.stack([j_id, d_id, *_scale_values(xp, dist_, domain, Rc)])
+        return coef, Rc, x_grid, y_ref, reg_diag, stats
+
+    def result(y, hyper, coef, Rc):
+        """D(y), P y, T(P y) and det ∇y: the level's outcome (one program; the last three are
+        read on the finest level only, and cost little on the others)."""
+        dist_ = bound(hyper)[1]
+        yc = points(y)
+        warped = xp.reshape(evaluate(coef, yc), domain.m)
+        det = gridops.jacobian_determinant(y, domain, kind)
+        return dist_(warped, Rc, domain), yc, warped, det
+
+    def value_and_grad(y, hyper, coef, Rc, y_ref):
+        return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, y_ref))(y)
+
+    def linearise(y, hyper, coef, Rc, reg_diag):
+        """Pointwise image gradients dT (n, d), the residual and its GN weight at y, and the
+        diagonal of H_GN: diag(S'') plus the data term's where that has a closed form (a
+        pointwise residual; the caller adds the probed one of a residual with a radius)."""
+        dist_ = bound(hyper)[1]
+        Tc, dT = _image_and_gradient(bk, evaluate, coef, points(y))
+        r = dist_.residual(xp.reshape(Tc, domain.m), Rc, domain)
+        W = dist_.gn_weight(r, Rc, domain)
+        diagonal = reg_diag + gn_diagonal(dT, W) if radius == 0 else reg_diag
+        return dT, xp.reshape(Tc, domain.m), W, diagonal
+
+    def data_matvec(v, dist_, dT, Tc, W, Rc):
+        """Pᵀ dTᵀ J_rᵀ W J_r dT P v, the data term of the GN operator."""
+        z = points(v)  # summing the d columns by hand: torch reduces a tiny last axis slowly
+        t = xp.reshape(sum(dT[:, k] * z[:, k] for k in range(domain.dim)), domain.m)
+        _, jt = bk.jvp(lambda u: dist_.residual(u, Rc, domain), Tc, t)
+        _, pullback = bk.vjp(lambda u: dist_.residual(u, Rc, domain), Tc)
+        g = xp.reshape(pullback(W * jt), (-1,))
+        return gridops.to_cell_centers_adjoint(dT * g[:, None], domain, kind)
+
+    def gn_matvec(v, hyper, dT, Tc, W, Rc):
+        """(Pᵀ dTᵀ J_rᵀ W J_r dT P + α hd BᵀB) v, FAIR's matrix-free GN operator (book §9.4)."""
+        _, dist_, reg_ = bound(hyper)
+        return data_matvec(v, dist_, dT, Tc, W, Rc) + reg_.hvp(v, domain)
+
+    def probe(color, hyper, dT, Tc, W, Rc):
+        """v ⊙ (data term) v for the indicator v of one colour of :func:`_colours`: the
+        diagonal of the data term at the colour's unknowns (Curtis, Powell & Reid 1974)."""
+        v = _colour_mask(xp, color, domain, kind, radius, dT.dtype)
+        return v * data_matvec(v, bound(hyper)[1], dT, Tc, W, Rc)
+
+    def gn_diagonal(dT, W):
+        """diag of the data term, exact when the residual is T itself (SSD, NCC): P's entries
+        are equal within a row, so diag(Pᵀ D P) = c·Pᵀ(diag D) with c the entry value."""
+        c = {"staggered": 0.5, "cell-centered": 1.0, "nodal": 0.5**domain.dim}[kind]
+        w = W if W.ndim == 0 else xp.reshape(W, (-1, 1))
+        return c * gridops.to_cell_centers_adjoint(w * dT * dT, domain, kind)
+
+    def hvp(y, v, hyper, coef, Rc, y_ref):
+        return bk.hvp(lambda u: J(u, hyper, coef, Rc, y_ref), y, v)
+
+    jit = bk.jit
+    return dict(
+        setup=jit(setup),
+        result=jit(result),
+        J=jit(J),
+        hvp=jit(hvp),
+        probe=jit(probe),
+        value_and_grad=jit(value_and_grad),
+        linearise=jit(linearise),
+        gn_matvec=jit(gn_matvec),
+    )
+
+
+def _nonparametric(
+    bk, pyramid, problem, pre, method, options, callback, verbose, units, *,
+    prolongation="linear", det_method="multireg",
+):  # fmt: skip
+    coarsest = pyramid[0]
+    hyper = problem.hyper
+    results = []
+    # parametric pre-registration on the coarsest level (FAIR MLIR); its map is y_ref everywhere
+    if pre is not None:
+        pre_trafo = make_transform(pre, dim=coarsest.domain.dim)
+        pre_method = "gauss-newton" if problem.dist.gauss_newton else "lbfgs"
+        pre_out = _parametric(
+            bk, [coarsest], pre_trafo, problem, pre_method, None,
+            {k: v for k, v in options.items() if k not in ("cg_rtol", "cg_max_iter")},
+            callback, verbose, units,
+        )  # fmt: skip
+        w_pre = pre_out.w
+        results.extend(pre_out.levels)
+    else:
+        pre_trafo, w_pre = None, None
+    kind = problem.reg.kind
+    y = None
+    previous = None
+    for level in pyramid:
+        d = level.domain
+        kernels = _nonparametric_kernels(
+            bk, problem.model, problem.dist, problem.reg, d, pre_trafo
+        )
+        coef, Rc, x_grid, y_ref, reg_diag, stats = kernels["setup"](hyper, *level.images, w_pre)
+        j_stop, d_id, *scale = bk.to_numpy(stats).tolist()
+        if previous is None:
+            y = y_ref
+        else:
+            y = _compiled(bk, gridops.prolong, previous, d, kind, boundary=prolongation)(y)
+        objective = _nonparametric_objective(
+            bk, kernels, problem, d, (hyper, coef, Rc), y_ref, reg_diag
+        )
+        cb = _level_callback(callback, verbose, "nonparametric", d, units)
+        res = _solve(method, objective, y, options, x_grid, j_stop, _j_scale(scale), cb)
+        y = res.x
+        final, yc, warped, det = kernels["result"](y, hyper, coef, Rc)
+        final = float(bk.to_numpy(final))
+        results.append(LevelResult("nonparametric", d, units.result(res), units.j(final)))
+        previous = d
+    warped = units.image(bk, warped)  # the finest level's
+    if det_method == "fair":
+        from multireg.workflow.metrics import fair_jacobian_determinant
+
+        det = fair_jacobian_determinant(bk.to_numpy(y), d, kind)
+    else:
+        det = np.asarray(bk.to_numpy(det))
+    folded = int(np.count_nonzero(det <= 0))
+    det_min = float(np.min(det))
+    warnings = ()
+    if folded:
+        warnings = (
+            f"the map folds: det ∇y ≤ 0 in {folded} of {det.size} cells (min {det_min:.3g}); "
+            "it is not invertible there. Increase alpha (or the image model's theta)",
+        )
+    return RegistrationResult(
+        w=w_pre,
+        y=yc,
+        y_grid=y,
+        warped=warped,
+        distance=units.j(final),
+        reduction=final / d_id if d_id else float("nan"),
+        levels=tuple(results),
+        transform="nonparametric",
+        backend=bk.name,
+        det_min=det_min,
+        folded_cells=folded,
+        warnings=warnings,
+        intensity_exponent=units.exponent,
+    )
+
+
+def _map_grid(trafo, w, x_grid, domain, kind, xp):
+    """Apply a parametric map to every point of a stacked grid vector (per component)."""
+    parts = gridops.split(x_grid, domain, kind)
+    if kind == "cell-centered" or kind == "nodal":
+        pts = xp.stack([xp.reshape(c, (-1,)) for c in parts], axis=1)
+        y = trafo(w, pts)
+        return gridops.merge([xp.reshape(y[:, k], parts[k].shape) for k in range(domain.dim)])
+    # staggered: component k lives on its own grid; map that grid's points, keep component k
+    grids = domain.staggered(xp, dtype=x_grid.dtype, device=_device(x_grid))
+    comps = []
+    for k, g in enumerate(grids):
+        comps.append(xp.reshape(trafo(w, g)[:, k], parts[k].shape))
+    return gridops.merge(comps)
+
+
+def _moduli(domain, kind, component, radius):
+    """Per axis, the spacing at which unknowns of one component have data-term columns with
+    disjoint rows: P spreads an unknown over ``extent`` cells along an axis, and the residual
+    of a cell reads T up to ``radius`` cells away on either side."""
+    extent = {
+        "staggered": [2 if a == component else 1 for a in range(domain.dim)],
+        "cell-centered": [1] * domain.dim,
+        "nodal": [2] * domain.dim,
+    }[kind]
+    return [e + 2 * radius for e in extent]
+
+
+def _colours(domain, kind, radius):
+    """The colours of a Curtis–Powell–Reid probing of the data term: (component, offsets)."""
+    out = []
+    for k in range(domain.dim):
+        for offsets in itertools.product(*(range(M) for M in _moduli(domain, kind, k, radius))):
+            out.append((k, *offsets))
+    return out
+
+
+def _colour_mask(xp, color, domain, kind, radius, dtype):
+    """The stacked indicator of one colour: unknowns of component ``color[0]`` whose index
+    along each axis a is ``color[1 + a]`` modulo the axis's spacing (``color``: an int array)."""
+    parts = []
+    for k in range(domain.dim):
+        shape = gridops.grid_shape(domain, kind, k)
+        mask = color[0] == k
+        for a, M in enumerate(_moduli(domain, kind, k, radius)):
+            index = xp.reshape(
+                xp.arange(shape[a], device=_device(color)),
+                tuple(-1 if j == a else 1 for j in range(domain.dim)),
+            )
+            mask = mask & (index % M == color[1 + a])
+        parts.append(xp.reshape(xp.astype(xp.broadcast_to(mask, shape), dtype), (-1,)))
+    return xp.concat(parts)
+
+
+def _nonparametric_objective(bk, kernels, problem, domain, data, y_ref, reg_diag):
+    """``data``: (hyper, coef, Rc); ``reg_diag``: diag(S''), from the level's set-up."""
+    xp = bk.xp
+    hyper, coef, Rc = data
+    radius = getattr(problem.dist, "residual_radius", None)
+    if radius:  # the data term couples neighbouring cells: probe its diagonal
+        device = _device(reg_diag)
+        colours = [
+            xp.asarray(c, device=device) for c in _colours(domain, problem.reg.kind, radius)
+        ]
+
+    def gauss_newton(y):
+        # The exact diagonal of the data term: the closed form for a pointwise residual (in
+        # linearise), else probing (NGF: 24 products in 2D; the pointwise formula was off by
+        # 180 % there and made Jacobi preconditioning worse than none); without a radius, none.
+        dT, Tc, W, diagonal = kernels["linearise"](y, hyper, coef, Rc, reg_diag)
+        if radius:
+            diagonal = diagonal + sum(kernels["probe"](c, hyper, dT, Tc, W, Rc) for c in colours)
+        return LinearOperator(
+            matvec=lambda v: kernels["gn_matvec"](v, hyper, dT, Tc, W, Rc), diagonal=diagonal
+        )
+
+    return Objective(
+        bk=bk,
+        value=lambda y: kernels["J"](y, hyper, coef, Rc, y_ref),
+        value_and_grad=lambda y: kernels["value_and_grad"](y, hyper, coef, Rc, y_ref),
+        hessian=gauss_newton,
+        exact_hessian=lambda y: LinearOperator(
+            matvec=lambda v: kernels["hvp"](y, v, hyper, coef, Rc, y_ref)
+        ),
+        curvature="gauss-newton",
+    )
