@@ -15,6 +15,7 @@ from multireg._backend import (
     use_backend,
 )
 from multireg._cache import cache_dir, set_cache_dir
+from multireg._version import __version__ as __version__
 from multireg.distances import MI, NCC, NGF, SSD, Distance, distance
 from multireg.grid import Domain, Level, multilevel, restrict
 from multireg.interpolation import (
@@ -35,8 +36,6 @@ from multireg.workflow.apply import Map, apply, transform_points  # the function
 from multireg.workflow.many import register_many
 from multireg.workflow.metrics import evaluate
 from multireg.workflow.validate import ValidationReport, validate  # the function shadows the module
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MI",

@@ -10,7 +10,9 @@ component 1, then component 2, ...). Each block is in C order over that componen
   the others (the MAC grid of FAIR's elastic regulariser).
 
 Everything here uses array-API operations only and is differentiable by the backends; the few
-size-dependent constants (interpolation indices and weights) are built on the host.
+size-dependent constants (interpolation indices and weights) are built on the host. The one
+exception is :func:`fair_jacobian_determinant`, FAIR's det ∇y for its count of folded cells: a
+diagnostic after the solve, computed on the host in NumPy.
 
 Reference: J. Modersitzki, *FAIR: Flexible Algorithms for Image Registration*, SIAM 2009, §3.2
 (grids), ch. 8 (regularisers on their grids) and ch. 9 (nonparametric registration: the grid
@@ -26,10 +28,12 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from multireg import _checks
 from multireg.grid import Domain
 
 __all__ = [
     "KINDS",
+    "fair_jacobian_determinant",
     "grid_shape",
     "grid_size",
     "identity_grid",
@@ -324,7 +328,7 @@ def prolong(
     return identity_grid(fine, kind, **grid) + merge(out)
 
 
-# -------------------------------------------------------------------- Jacobian determinant
+# -------------------------------------------------------------------- Jacobian determinants
 
 
 def jacobian_determinant(y: Any, domain: Domain, kind: str) -> Any:
@@ -372,3 +376,85 @@ def jacobian_determinant(y: Any, domain: Domain, kind: str) -> Any:
         - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
         + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
     )
+
+
+def fair_jacobian_determinant(y: Any, domain: Domain, kind: str) -> np.ndarray:
+    """``det ∇y`` per cell as FAIR's geometry tools compute it, shape ``m`` (NumPy, float64).
+
+    FAIR (``geometry(yn, m, 'Jac')`` on ``yn = grid2grid(y, m, kind, 'nodal')``; Burger,
+    Modersitzki & Ruthotto, SISC 35, 2013) measures the deformed cell itself:
+
+    1. ``y`` is carried to the nodes. A staggered component k is averaged onto the nodes along
+       every other axis, a cell-centred one along every axis; the two outer nodes of such an
+       axis are extrapolated linearly (``1.5 u[0] - 0.5 u[1]``), as grid2grid's ``extend``.
+    2. The deformed cell is split into triangles (2D: 4 around the mean of its corners) or
+       tetrahedra (3D: 24, through the face and cell centres); their signed volumes add up to
+       the volume of the deformed cell, which divided by the cell's volume is det ∇y. In 2D
+       this is the shoelace area of the deformed quadrilateral.
+
+    It differs from :func:`jacobian_determinant` (the default everywhere in
+    multireg: the Jacobian at the cell centre from compact and central differences on the
+    unknown's own grid) by the averaging onto the nodes, which smooths a staggered map: on a
+    hands elastic map with α too small multireg counted 33 folded cells where FAIR counts 23.
+    The default reads the unknowns where they are; this one reproduces FAIR's fold count.
+    Both give ``det A`` for an affine ``y = A x + b`` and 1 for the identity.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    if not isinstance(domain, Domain):
+        raise TypeError(f"domain must be a Domain, not {type(domain).__name__}")
+    host = np.asarray(_checks.to_host(y), dtype=np.float64)
+    parts = split(host, domain, kind)
+    if kind != "nodal" and min(domain.m) < 2:
+        raise ValueError(f"domain.m must be >= 2 along every axis for {kind} y, got {domain.m}")
+    d = domain.dim
+    nodal = []
+    for k, u in enumerate(parts):
+        for axis in range(d):
+            if kind == "cell-centered" or (kind == "staggered" and axis != k):
+                u = _extend(u, axis)
+        nodal.append(u)
+    corners = np.stack(nodal, axis=-1)  # (*(m + 1), d)
+    volume = _cell_volumes(corners, d)
+    return volume / math.prod(domain.h)
+
+
+def _extend(u: np.ndarray, axis: int) -> np.ndarray:
+    """Centres to nodes along ``axis``: neighbour means inside, linear extrapolation outside."""
+    u = np.moveaxis(u, axis, 0)
+    out = np.concatenate(
+        [1.5 * u[:1] - 0.5 * u[1:2], 0.5 * (u[1:] + u[:-1]), 1.5 * u[-1:] - 0.5 * u[-2:-1]]
+    )
+    return np.moveaxis(out, 0, axis)
+
+
+def _corner(P: np.ndarray, offsets: tuple[int, ...]) -> np.ndarray:
+    """The corner ``offsets`` (0 or 1 per axis) of every cell: shape (*m, d)."""
+    return P[tuple(slice(o, P.shape[a] - 1 + o) for a, o in enumerate(offsets))]
+
+
+def _cell_volumes(P: np.ndarray, d: int) -> np.ndarray:
+    """Signed volumes of the deformed cells whose corners are the nodal points ``P``."""
+    if d == 2:
+        A, B, C, D = (_corner(P, o) for o in ((0, 0), (1, 0), (0, 1), (1, 1)))
+        e, f = D - A, C - B  # the diagonals: area = ½ e × f
+        return 0.5 * (e[..., 0] * f[..., 1] - e[..., 1] * f[..., 0])
+    corner = {o: _corner(P, o) for o in np.ndindex(2, 2, 2)}
+    M = sum(corner.values()) / 8.0
+    total = 0.0
+    for axis in range(3):
+        a, b = (j for j in range(3) if j != axis)
+        for side in (0, 1):
+            loop = []  # the face's corners in a cycle
+            for ia, ib in ((0, 0), (1, 0), (1, 1), (0, 1)):
+                o = [0, 0, 0]
+                o[axis], o[a], o[b] = side, ia, ib
+                loop.append(corner[tuple(o)])
+            F = sum(loop) / 4.0
+            # orient every face outwards: the cycle (a, b) is positive about +axis for
+            # axis 0 and 2 and negative for axis 1 (a, b = 0, 2), and side 0 faces -axis
+            sign = (1.0 if axis != 1 else -1.0) * (1.0 if side else -1.0)
+            for p, q in zip(loop, loop[1:] + loop[:1], strict=True):
+                u, v, w = p - M, q - M, F - M
+                total = total + sign * np.einsum("...i,...i->...", u, np.cross(v, w)) / 6.0
+    return total

@@ -238,7 +238,7 @@ def register(
         Nonparametric: the det ∇y behind ``det_min``, ``folded_cells`` and the fold warning.
         ``"multireg"`` (default): :func:`multireg.gridops.jacobian_determinant`, differences of
         the unknowns on their own grid; ``"fair"`` (fair_compat): FAIR's geometry 'Jac' after
-        carrying y to the nodes (:func:`multireg.metrics.fair_jacobian_determinant`), whose
+        carrying y to the nodes (:func:`multireg.gridops.fair_jacobian_determinant`), whose
         averaging hides some folds of a staggered map.
     """
     # ------------------------------------------------------------- validate, before any work
@@ -1028,9 +1028,7 @@ def _nonparametric(
         previous = d
     warped = units.image(bk, warped)  # the finest level's
     if det_method == "fair":
-        from multireg.workflow.metrics import fair_jacobian_determinant
-
-        det = fair_jacobian_determinant(bk.to_numpy(y), d, kind)
+        det = gridops.fair_jacobian_determinant(bk.to_numpy(y), d, kind)
     else:
         det = np.asarray(bk.to_numpy(det))
     folded = int(np.count_nonzero(det <= 0))

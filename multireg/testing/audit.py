@@ -830,7 +830,7 @@ def _superres(ctx: Context, name: str = "frames.npy", **kw: Any) -> Any:
 
 
 def _homotopy(ctx: Context, **kw: Any) -> Any:
-    from multireg.problems import homotopy
+    from multireg.problems.homotopy import homotopy
 
     kw.setdefault("backend", ctx.backend)
     return homotopy(ctx.array("T.npy"), ctx.array("R.npy"), (0, 32, 0, 32), **kw)

@@ -32,8 +32,13 @@ from typing import Any
 
 import numpy as np
 
-import multireg
+from multireg._backend import available_backends, get_backend
+from multireg._version import __version__
 from multireg.data import blobs
+from multireg.interpolation import spline_coefficients, spline_interpolate
+from multireg.problems.homotopy import homotopy
+from multireg.problems.registration import register
+from multireg.transforms import transform
 
 W_TRUE = np.array([1.04, 0.06, -0.05, -0.04, 0.97, 0.03])
 RTOL = 1e-8
@@ -46,11 +51,9 @@ FILES = ("affine.png", "elastic.png", "homotopy.png", "superres.png", "dynamics.
 def affine_pair(m: tuple[int, int] = (96, 80)):
     """A template, its affine warp as the reference, and the truth: T(y(w_true, x)) == R(x)."""
     T, domain = blobs(m, (0.0, 1.2, 0.0, 1.0), seed=3)
-    trafo = multireg.transform("affine", dim=2)
+    trafo = transform("affine", dim=2)
     x = domain.cell_centers()
-    R = np.asarray(
-        multireg.spline_interpolate(multireg.spline_coefficients(T), domain, trafo(W_TRUE, x))
-    )
+    R = np.asarray(spline_interpolate(spline_coefficients(T), domain, trafo(W_TRUE, x)))
     return T, R.reshape(m), domain
 
 
@@ -72,7 +75,7 @@ def deformed_pair(m: tuple[int, int] = (96, 80)):
     d = x - np.array([0.6, 0.5])
     fade = np.exp(-0.5 * np.sum(d**2, axis=1) / 0.18**2)[:, None]
     y = x + 0.1 * fade * (d @ SWIRL.T)
-    R = np.asarray(multireg.spline_interpolate(multireg.spline_coefficients(T), domain, y))
+    R = np.asarray(spline_interpolate(spline_coefficients(T), domain, y))
     return T, R.reshape(m), domain, y
 
 
@@ -84,11 +87,9 @@ def rotated_pair(m: tuple[int, int] = (32, 32), degrees: float = 60.0):
     A = np.array([[math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)]])
     b = np.array([0.5, 0.5]) - A @ np.array([0.5, 0.5])
     w = np.array([A[0, 0], A[0, 1], b[0], A[1, 0], A[1, 1], b[1]])
-    trafo = multireg.transform("affine", dim=2)
+    trafo = transform("affine", dim=2)
     x = domain.cell_centers()
-    R = np.asarray(
-        multireg.spline_interpolate(multireg.spline_coefficients(T), domain, trafo(w, x))
-    )
+    R = np.asarray(spline_interpolate(spline_coefficients(T), domain, trafo(w, x)))
     return T, R.reshape(m), domain, w
 
 
@@ -193,7 +194,7 @@ def _affine(demo: _Demo) -> None:
     demo.echo(f"\n1. Affine registration, multilevel Gauss–Newton, m = {domain.m}")
     demo.echo(f"   truth w = {np.round(W_TRUE, 4).tolist()}")
     report = demo.validate(
-        multireg.register, T, R, domain.omega, transform="affine", levels=levels,
+        register, T, R, domain.omega, transform="affine", levels=levels,
         tol_j=1e-10, tol_y=1e-8, tol_g=1e-8, max_iter=30, title="affine registration",
     )  # fmt: skip
     entry = demo.summary.setdefault("affine", {"backends": {}})
@@ -233,7 +234,7 @@ def _elastic(demo: _Demo) -> None:
         f"{true_det.min():.2f} to {true_det.max():.2f}"
     )
     report = demo.validate(
-        multireg.register, T, R, domain.omega, transform="nonparametric",
+        register, T, R, domain.omega, transform="nonparametric",
         regularizer="elastic", alpha=ELASTIC_ALPHA, levels=levels, max_iter=30,
         tol_j=1e-7, tol_y=1e-5, tol_g=1e-5, title="elastic registration",
     )  # fmt: skip
@@ -269,14 +270,14 @@ def _homotopy(demo: _Demo) -> None:
         f"\n3. Homotopy in θ (affine, SSD, θ from 1e2 to 1e-3 in {n_steps} steps), "
         f"m = {domain.m}, the template rotated by 60°"
     )
-    single = multireg.homotopy(T, R, domain.omega, thetas=[1e-3], backend=demo.names[0])
+    single = homotopy(T, R, domain.omega, thetas=[1e-3], backend=demo.names[0])
     err_single = float(np.max(np.abs(np.asarray(single.ws[-1]) - w_true)))
     demo.echo(
         f"   single scale (Newton from the identity at θ = 1e-3): max error of w "
         f"{err_single:.2f}, a local minimum (J = {single.distance:.3e})"
     )
     report = demo.validate(
-        multireg.homotopy, T, R, domain.omega, theta_range=(1e2, 1e-3), n_steps=n_steps,
+        homotopy, T, R, domain.omega, theta_range=(1e2, 1e-3), n_steps=n_steps,
         title="homotopy",
     )  # fmt: skip
     entry = demo.summary.setdefault("homotopy", {"backends": {}, "single_scale_error": err_single})
@@ -438,11 +439,11 @@ def run(
     existing folder may not already hold demo output unless ``overwrite``); ``quiet``: print
     nothing; ``small``: smaller problems (for tests); ``echo``: receives each printed line.
     """
-    names = list(multireg.available_backends()) if backends is None else list(backends)
+    names = list(available_backends()) if backends is None else list(backends)
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"backends must hold backend names, not {type(name).__name__}")
-    names = [b for b in names if multireg.get_backend(b).differentiable]
+    names = [b for b in names if get_backend(b).differentiable]
     if not names:
         raise RuntimeError('the demo needs torch or JAX: pip install "multireg[torch,jax]"')
     if not callable(echo):
@@ -450,7 +451,7 @@ def run(
     folder = _folder(out, overwrite)
     demo = _Demo(names, folder, (lambda line: None) if quiet else echo, small)
     started = time.perf_counter()
-    demo.echo(f"multireg {multireg.__version__} demo: backends {', '.join(names)}")
+    demo.echo(f"multireg {__version__} demo: backends {', '.join(names)}")
     if not demo.plots:
         demo.echo('(figures skipped: matplotlib is not installed; pip install "multireg[plot]")')
     for step in (_affine, _elastic, _homotopy, _superres, _dynamics):

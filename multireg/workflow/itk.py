@@ -37,11 +37,13 @@ import numpy as np
 from multireg import io
 from multireg.grid import Domain
 from multireg.transforms import Affine
-from multireg.workflow.apply import Map, as_map
+from multireg.workflow import maps
+from multireg.workflow.maps import Map
 
 __all__ = [
     "from_sitk",
     "read_displacement",
+    "read_map",
     "read_transform",
     "to_sitk",
     "write_displacement",
@@ -131,7 +133,7 @@ def from_sitk(image: Any) -> tuple[np.ndarray, Domain]:
 
 
 def _linear(transform_or_result: Any) -> tuple[np.ndarray, np.ndarray]:
-    mp = as_map(transform_or_result)
+    mp = _as_map(transform_or_result)
     if not mp.is_linear:
         raise ValueError(
             "only a linear map (translation, rigid, affine) is an ITK linear transform; write a "
@@ -299,7 +301,7 @@ def write_displacement(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    mp = as_map(transform_or_result)
+    mp = _as_map(transform_or_result)
     if like is None:
         if mp.domain is None:
             raise ValueError("like is needed: the map has no reference grid to sample it on")
@@ -371,3 +373,18 @@ def read_displacement(path: str | os.PathLike) -> Map:
     lower = first - h / 2
     omega = tuple(float(v) for a, hk, mk in zip(lower, h, m) for v in (a, a + mk * hk))
     return Map(Domain(omega, m), displacement=u @ _flip(d))
+
+
+def read_map(path: str | os.PathLike) -> Map:
+    """The map in an ITK file: a NIfTI displacement field (``.nii``, ``.nii.gz``) by
+    :func:`read_displacement`, any other file as a transform by :func:`read_transform`."""
+    name = Path(path).name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return read_displacement(path)
+    return read_transform(path)
+
+
+def _as_map(transform_or_result: Any) -> Map:
+    """:func:`multireg.workflow.apply.as_map`, which imports this module (the arrow points from
+    apply to itk, so the writers here read their argument through :mod:`maps` directly)."""
+    return maps.as_map(transform_or_result, read_file=read_map)

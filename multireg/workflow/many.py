@@ -152,8 +152,8 @@ def _run_pair(
     try:
         if os.getpid() != caller:  # never change the caller's own process (a thread pool)
             _limit_threads(threads)
-        import multireg
         from multireg import _backend
+        from multireg.problems.registration import register
 
         bk = _backend.get_backend(backend)  # explicit: never the worker's own default
         given = job.omega if job.omega is not None else omega
@@ -162,7 +162,7 @@ def _run_pair(
         if not np.allclose(omega_t, omega_r, rtol=0, atol=1e-6 * max(map(abs, omega_r))):
             raise ValueError(f"template covers omega {omega_t} but reference covers {omega_r}")
         started = time.perf_counter()
-        result = multireg.register(T, R, omega_r, backend=bk, dtype=dtype, **options)
+        result = register(T, R, omega_r, backend=bk, dtype=dtype, **options)
         bk.sync(result.warped)
         seconds = time.perf_counter() - started
         outputs: dict[str, str] = {}

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from multireg._version import __version__
+
 __all__ = ["ORDER", "find_bench_dir", "machine_info", "write_bench_report"]
 
 ORDER = ("kernels", "registration", "homotopy", "superres", "dynamics")
@@ -157,8 +159,6 @@ def machine_info(folder: Path | None = None) -> dict[str, str]:
         for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")
         if v in os.environ
     }
-    from multireg import __version__
-
     info = {
         "CPU": _cpu_model(),
         "cores": f"{os.cpu_count()} ({usable} usable by this process)",

@@ -20,7 +20,7 @@ from multireg.workflow.apply import (
     transform_points,
     world_to_index,
 )
-from tests.cli.test_cli import _run as _cli  # main(argv) -> (code, stdout, stderr)
+from tests.cli._helpers import _run as _cli  # main(argv) -> (code, stdout, stderr)
 from tests.conftest import AD_BACKENDS
 
 OMEGA = (0.0, 3.0, -1.0, 1.5)  # h = (1/8, 1/8); a non-square box catches swapped axes
@@ -214,6 +214,21 @@ def test_bad_input_names_the_argument():
         Map(DOMAIN, Affine(2), np.zeros(3))
     with pytest.raises(ValueError, match="fill"):  # -1 would wrap round to 255
         apply(mp, np.zeros(DOMAIN.m, np.uint8), order="nearest", fill=-1)
+
+
+def test_as_map_reads_itk_files_through_the_itk_module(tmp_path):
+    """apply.as_map reads an ITK transform file by handing multireg.workflow.maps the ITK reader
+    (the imports point apply -> itk -> maps); maps alone reads no foreign file and says so."""
+    from multireg.workflow import itk, maps
+    from multireg.workflow.apply import as_map
+
+    mp = Map(None, Affine(2), np.array([1.1, 0.1, 0.3, -0.05, 0.9, -0.2]))
+    path = itk.write_transform(tmp_path / "a.tfm", mp)
+    got = as_map(path)
+    np.testing.assert_allclose(got.linear_part()[0], mp.linear_part()[0], rtol=1e-12)
+    np.testing.assert_allclose(got.linear_part()[1], mp.linear_part()[1], rtol=1e-12)
+    with pytest.raises(ValueError, match="transform_or_result"):
+        maps.as_map(path)
 
 
 # ------------------------------------------------------------------- command line

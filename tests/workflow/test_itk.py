@@ -15,7 +15,7 @@ from multireg.data import blobs
 from multireg.workflow.apply import Map, apply
 
 sitk = pytest.importorskip("SimpleITK")
-itk = pytest.importorskip("multireg.itk")
+itk = pytest.importorskip("multireg.workflow.itk")
 
 OMEGA2 = (-3.0, 5.0, 1.0, 7.0)  # h = (0.5, 0.5) on 16 x 12
 OMEGA3 = (-8.0, 8.0, 2.0, 14.0, -5.0, 5.0)  # h = (1, 1, 1) on 16 x 12 x 10
@@ -172,7 +172,7 @@ def test_flipped_nifti_end_to_end_against_itk(tmp_path, capsys):
     'multireg apply' (RAS world, flips undone and redone) writes what ITK's Resample writes,
     in the input's geometry."""
     nib = pytest.importorskip("nibabel")
-    from tests.cli.test_cli import _run
+    from tests.cli._helpers import _run
 
     m = (12, 10, 8)
     T, _ = _template(m, (0.0, 12.0, 0.0, 10.0, 0.0, 8.0))
