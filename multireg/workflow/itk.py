@@ -293,7 +293,7 @@ def write_displacement(
     :func:`multireg.workflow.apply.as_map` takes: parametric maps are sampled on the grid too.
     ``dtype``: float64 (default) or float32 (ANTs' usual).
     """
-    nib = io._nibabel()
+    nib = io.import_nibabel()
 
     path = Path(path)
     if _suffix(path) not in (".nii", ".nii.gz"):
@@ -335,7 +335,7 @@ def read_displacement(path: str | os.PathLike) -> Map:
     The grid must be axis-aligned (a diagonal affine; flipped axes are reversed as
     :mod:`multireg.io` does). Shapes ``(m1, m2, m3, 1, 3)``, ``(m1, m2, 1, 1, 2)``.
     """
-    nib = io._nibabel()
+    nib = io.import_nibabel()
 
     path = Path(path)
     if not path.exists():

@@ -533,7 +533,7 @@ def test_the_writability_probe_leaves_nothing_when_interrupted(tmp_path, monkeyp
     import os
     import signal
 
-    from multireg import io as mio
+    from multireg.io import outputs
 
     real_close = os.close
 
@@ -541,7 +541,7 @@ def test_the_writability_probe_leaves_nothing_when_interrupted(tmp_path, monkeyp
         real_close(fd)
         signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(mio.os, "close", close_then_interrupt)
+    monkeypatch.setattr(outputs.os, "close", close_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        mio._probe(tmp_path, tmp_path)
+        outputs._probe(tmp_path, tmp_path)
     assert list(tmp_path.iterdir()) == []
