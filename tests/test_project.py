@@ -36,7 +36,7 @@ def test_public_entry_points_are_where_the_issues_put_them():
     assert callable(multireg.superres.solve) and callable(multireg.superres.make_problem)
     assert callable(multireg.validate)  # multireg.validate(fn, *args, backends=...)
     assert callable(multireg.io.read_image) and callable(multireg.io.write_image)
-    from multireg.workflow.validate import run_command
+    from multireg.cli.validate import run_command
 
     assert callable(run_command)
     assert set(multireg.__all__) <= set(dir(multireg))

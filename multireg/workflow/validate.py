@@ -35,7 +35,6 @@ relative error against a reference run); the tolerance semantics follow ``numpy.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import math
@@ -43,13 +42,12 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Leaf", "ValidationReport", "run_command", "validate"]
+__all__ = ["Leaf", "ValidationReport", "validate"]
 
 TINY = 1e-300
 INFORMATIONAL = (
@@ -616,50 +614,3 @@ def validate(
         errors=errors,
         results=results,
     )
-
-
-def run_command(
-    argv: Sequence[str],
-    *,
-    backends: Sequence[str] | None = None,
-    rtol: float = 1e-6,
-    out: str | Path | Callable[[str], Any] | None = None,
-    **options: Any,
-) -> ValidationReport:
-    """Validate a command-line command: ``argv`` is a multireg subcommand and its arguments,
-    e.g. ``["register", "T.png", "R.png", "--transform", "affine"]``.
-
-    The command is parsed once by ``multireg.cli.parse_command(argv) -> (name, namespace)`` and
-    run per backend by ``multireg.cli.COMMANDS[name](namespace, backend) -> (result, status)``
-    (``result`` a dict of arrays and numbers, ``status`` the command's status); both are compared
-    by :func:`validate` (``options``: its other keywords). ``out``: a callable that receives the
-    Markdown table, or a path the table is written to (atomically), or None.
-    """
-    if isinstance(argv, str) or not isinstance(argv, (list, tuple)) or not argv:
-        raise TypeError("argv must be a non-empty list of strings (a command and its arguments)")
-    if not all(isinstance(a, str) for a in argv):
-        raise TypeError("argv must hold strings only")
-    from multireg import cli
-
-    name, namespace = cli.parse_command(list(argv))
-    if name not in cli.COMMANDS:
-        raise ValueError(
-            f"command {name!r} cannot be validated; commands that can: {', '.join(cli.COMMANDS)}"
-        )
-    command = cli.COMMANDS[name]
-
-    def run(*, backend: str) -> dict:
-        result, status = command(copy.copy(namespace), backend)
-        leaves = dict(result) if isinstance(result, Mapping) else {"result": result}
-        leaves["status" if "status" not in leaves else "command_status"] = status
-        return leaves
-
-    report = validate(run, backends=backends, rtol=rtol, title=" ".join(argv), **options)
-    if callable(out):
-        out(report.table())
-    elif out is not None:
-        path = Path(out)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(report.table())
-        tmp.replace(path)
-    return report

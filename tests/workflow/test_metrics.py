@@ -10,7 +10,7 @@ import pytest
 from multireg import Affine, Domain, Translation
 from multireg.workflow.apply import Map
 from multireg.workflow.metrics import dice, evaluate, hd95, jacobian_stats, tre
-from tests.cli.test_cli import _run as _cli  # main(argv) -> (code, stdout, stderr)
+from tests.cli._helpers import _run as _cli  # main(argv) -> (code, stdout, stderr)
 
 A = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 2, 2], [0, 0, 2, 2]])
 B = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 2, 2], [0, 0, 0, 3]])

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 import multireg
-from multireg.optimize import Status
 from multireg.workflow.demo import affine_pair
-from multireg.workflow.validate import ValidationReport, flatten, run_command, validate
-from tests.conftest import AD_BACKENDS, BACKENDS
+from multireg.workflow.validate import ValidationReport, flatten, validate
+from tests.conftest import BACKENDS
 
 TWO = BACKENDS[:2]
 
@@ -229,60 +228,6 @@ def test_one_backend_runs_but_compares_nothing():
     report = validate(_fake(lambda b: {"a": 1.0}), backends=BACKENDS[:1])
     assert report.ok and not report.compared
     assert "nothing was compared" in report.table()
-
-
-# ------------------------------------------------------------------ run_command
-
-
-def test_run_command_runs_a_cli_command_per_backend(monkeypatch, tmp_path):
-    needs_two()
-    cli = pytest.importorskip("multireg.cli")
-    seen = []
-
-    def parse_command(argv):
-        assert argv[0] == "fake"
-        return "fake", {"scale": float(argv[1])}
-
-    def run_fake(namespace, backend):
-        seen.append(backend)
-        value = namespace["scale"] * (1.0 if backend == TWO[0] else 1.5)
-        return {"parameters": np.array([value, 2.0]), "iterations": 4}, Status.CONVERGED
-
-    monkeypatch.setattr(cli, "parse_command", parse_command)
-    monkeypatch.setattr(cli, "COMMANDS", {"fake": run_fake})
-    lines = []
-    report = run_command(["fake", "2"], backends=TWO, out=lines.append)
-    assert seen == list(TWO)
-    assert not report.ok and report.worst.name == "parameters"
-    assert report["status"].kind == "enum" and report["iterations"].abs_diff == 0
-    assert lines and "parameters" in lines[0] and "fake 2" in lines[0]
-    out = tmp_path / "table.md"
-    run_command(["fake", "0"], backends=TWO, out=out)  # 0 * anything agrees
-    assert "PASS" in out.read_text()
-    with pytest.raises(ValueError, match="cannot be validated"):
-        monkeypatch.setattr(cli, "parse_command", lambda argv: ("demo", {}))
-        run_command(["demo"], backends=TWO)
-    with pytest.raises(TypeError, match="argv"):
-        run_command("register T.png R.png")
-
-
-def test_run_command_validates_a_real_registration(tmp_path):
-    """The real command line (multireg.cli) on two .npy images, on every AD backend."""
-    if len(AD_BACKENDS) < 2:
-        pytest.skip("needs torch and JAX")
-    cli = pytest.importorskip("multireg.cli")
-    if not hasattr(cli, "parse_command") or not hasattr(cli, "COMMANDS"):
-        pytest.skip("multireg.cli has no validation interface yet")
-    T, R, _ = affine_pair((32, 28))
-    np.save(tmp_path / "T.npy", T)
-    np.save(tmp_path / "R.npy", R + 0.01 * np.random.default_rng(1).normal(size=R.shape))
-    argv = ["register", str(tmp_path / "T.npy"), str(tmp_path / "R.npy"),
-            "--transform", "affine", "--levels", "2"]  # fmt: skip
-    report = run_command(argv, backends=AD_BACKENDS)
-    assert report.ok, report.table()
-    names = {r.name for r in report.rows}
-    assert "parameters" in names and "iterations" in names and "status" in names
-    assert report["parameters"].diff < 1e-10
 
 
 def test_evaluation_counts_are_shown_not_judged():
