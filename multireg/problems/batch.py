@@ -41,9 +41,9 @@ from multireg.problems.registration import (
     MAX_ITER,
     LevelResult,
     RegistrationResult,
-    _make_transform,
-    _select_levels,
-    _Units,
+    Units,
+    build_transform,
+    select_levels,
 )
 from multireg.transforms import Transform
 
@@ -128,13 +128,13 @@ def register_batch(
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
     for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g)):
         _checks.positive(name, value, allow_zero=True)
-    selected = _select_levels(domain, levels)
+    selected = select_levels(domain, levels)
     if isinstance(transform, str) and transform == "nonparametric":
         raise ValueError(
             "transform='nonparametric' is not batched (register_batch is parametric); "
             "use multireg.register per pair"
         )
-    trafo = _make_transform(transform, domain, p)
+    trafo = build_transform(transform, domain, p)
     if p is not None and not (isinstance(transform, str) and transform == "bspline"):
         raise ValueError("p (the control grid) applies to transform='bspline' only")
     if trafo.n_params > optimize.DENSE_MAX:
@@ -190,7 +190,7 @@ def register_batch(
         Rb = xp.stack(
             [_to_backend(bk, Ri, dtype, e) for Ri, e in zip(R_list, exponents, strict=True)]
         )
-    units = [_Units(e, pw) for e, pw in zip(exponents, powers, strict=True)]
+    units = [Units(e, pw) for e, pw in zip(exponents, powers, strict=True)]
     out = _parametric(bk, domain, selected, Tb, Rb, shared, trafo, model, dist, W0, units,
                       dict(tol_j=float(tol_j), tol_y=float(tol_y), tol_g=float(tol_g),
                            max_iter=int(max_iter)))  # fmt: skip
