@@ -22,7 +22,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["Domain", "Level", "multilevel", "pyramid_domains", "restrict"]
+__all__ = ["Domain", "Level", "multilevel", "pyramid_domains", "restrict", "restriction_matrix"]
 
 
 @dataclass(frozen=True)
@@ -152,13 +152,15 @@ def _namespace(xp: Any, dtype: Any) -> tuple[Any, Any]:
 # ---------------------------------------------------------------------------------- pyramid
 
 
-def _restriction_matrix(m_fine: int, m_coarse: int) -> np.ndarray:
+def restriction_matrix(m_fine: int, m_coarse: int) -> np.ndarray:
     """Cell averages of a piecewise-constant function on ``m_fine`` cells over ``m_coarse`` cells.
 
     Entry (J, i) is the fraction of coarse cell J covered by fine cell i (rows sum to 1). For
     ``m_fine = 2 m_coarse`` it is FAIR's block averaging (pairwise means); for odd sizes it is the
     area-weighted average over the overlaps, so any ``m`` restricts without padding or
-    resampling. Built on the host: it depends on sizes only.
+    resampling. Built on the host: it depends on sizes only. :func:`restrict` applies it along
+    each axis; super-resolution's forward model is built from it too
+    (:mod:`multireg.problems.superres`).
     """
     fine = np.linspace(0.0, 1.0, m_fine + 1)
     coarse = np.linspace(0.0, 1.0, m_coarse + 1)
@@ -180,7 +182,7 @@ def restrict(data: Any, domain: Domain, coarse: Domain | None = None) -> Any:
     for axis, (mf, mc) in enumerate(zip(domain.m, coarse.m)):
         if mf == mc:
             continue
-        r = xp.asarray(_restriction_matrix(mf, mc), dtype=data.dtype, device=device)
+        r = xp.asarray(restriction_matrix(mf, mc), dtype=data.dtype, device=device)
         out = xp.moveaxis(xp.tensordot(r, out, axes=([1], [axis])), 0, axis)
     return out
 

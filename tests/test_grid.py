@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from multireg import Domain, multilevel, restrict
-from multireg.grid import _restriction_matrix
+from multireg.grid import restriction_matrix
 from tests.conftest import assert_close
 
 
@@ -78,7 +78,7 @@ def test_block_averaging_for_even_sizes(bk):
 
 @given(st.integers(1, 17), st.integers(1, 9))
 def test_restriction_preserves_integrals(m_fine, m_coarse):
-    r = _restriction_matrix(m_fine, m_coarse)
+    r = restriction_matrix(m_fine, m_coarse)
     np.testing.assert_allclose(r.sum(axis=1), 1.0, rtol=1e-14)  # averages
     np.testing.assert_allclose(r.sum(axis=0) / m_coarse, 1.0 / m_fine, rtol=1e-14)  # mass
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from multireg import _checks
 from multireg._backend import resolve_backend
-from multireg.grid import Domain, _restriction_matrix, restrict
+from multireg.grid import Domain, restrict, restriction_matrix
 from multireg.interpolation import linear_interpolate
 from multireg.problems import separable
 from multireg.transforms import Affine, Rigid
@@ -121,8 +121,8 @@ def _model_data(model: _Model, bk: Any, frames: Array) -> tuple:
     dtype, device = frames.dtype, array_api_compat.device(frames)
     grid = model.coarse if model.downsample == "point" else model.fine
     x = grid.cell_centers(xp, dtype=dtype, device=device)
-    K1 = _restriction_matrix(model.fine.m[0], model.coarse.m[0])
-    K2 = _restriction_matrix(model.fine.m[1], model.coarse.m[1])
+    K1 = restriction_matrix(model.fine.m[0], model.coarse.m[0])
+    K2 = restriction_matrix(model.fine.m[1], model.coarse.m[1])
     return (
         frames,
         x,
