@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and the layers below, never above):
 
-0. private foundation: ``multireg._backend``, ``_checks``, ``_dtypes``, ``_threads``, ``_cache``;
+0. private foundation: ``multireg._backend``, ``_checks``, ``_dtypes``, ``_threads``, ``_cache``,
+   ``_version``;
 1. numerics: ``grid``, ``gridops``, ``interpolation``, ``transforms``, ``distances``,
    ``regularizers``, ``optimize``, ``_bspline``, ``data``;
 2. files: ``multireg.io``;
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "multireg"
-FOUNDATION = {"_backend", "_checks", "_dtypes", "_threads", "_cache"}
+FOUNDATION = {"_backend", "_checks", "_dtypes", "_threads", "_cache", "_version"}
 NUMERICS = {"grid", "gridops", "interpolation", "transforms", "distances", "regularizers",
             "optimize", "_bspline", "data"}
 PACKAGES = {"io": 2, "problems": 3, "workflow": 4, "cli": 6, "testing": 7}
