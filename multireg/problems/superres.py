@@ -30,6 +30,8 @@ from multireg._backend import resolve_backend
 from multireg.grid import Domain, restrict, restriction_matrix
 from multireg.interpolation import linear_interpolate
 from multireg.problems import separable
+from multireg.problems.separable.inner import check_tolerances
+from multireg.problems.separable.joint import check_bounds
 from multireg.transforms import Affine, Rigid
 
 __all__ = [
@@ -480,19 +482,18 @@ def solve(
     _checks.choice("inner_solver", inner_solver, separable.INNER_SOLVERS)
     if bounds is not None and method not in ("lap", "full"):
         raise ValueError(f"bounds are supported by method 'lap' and 'full', not {method!r}")
-    separable._check_bounds(bounds)
+    check_bounds(bounds)
     if not isinstance(matrix_free, bool):
         raise TypeError(f"matrix_free must be True or False, not {matrix_free!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, not {type(callback).__name__}")
     if inner_rtol is None:
         inner_rtol = 1e-3 if method in ("lap", "full") else 1e-8
-    separable._check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
+    check_tolerances(inner_rtol, inner_max_iter, "inner_rtol", "inner_max_iter")
     # the outer options too, before the pre-registration (seconds to minutes)
     for name, value in (("tol_j", tol_j), ("tol_y", tol_y), ("tol_g", tol_g)):
-        separable._check_tolerances(value, max_iter, name, "max_iter")
-    separable._check_tolerances(jacobian_rtol, unrolled_iterations, "jacobian_rtol",
-                                "unrolled_iterations")  # fmt: skip
+        check_tolerances(value, max_iter, name, "max_iter")
+    check_tolerances(jacobian_rtol, unrolled_iterations, "jacobian_rtol", "unrolled_iterations")
     if not isinstance(verbose, bool):
         raise TypeError(f"verbose must be True or False, not {verbose!r}")
     problem = build(

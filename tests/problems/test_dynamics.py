@@ -198,13 +198,14 @@ def test_fov_weights(ad_bk):
     dq = np.gradient(q, line[:, 0])
     assert np.max(np.abs(np.diff(dq))) < 0.1  # no jump in the derivative
     with pytest.raises(ValueError, match="fov"):
-        dynamics._fov_width("yes")
+        dynamics.problem._fov_width("yes")
     with pytest.raises(ValueError, match="width"):
         fov_weight(y, domain, 0.0)
-    assert dynamics._fov_width(True) == dynamics.FOV_WIDTH and dynamics._fov_width(False) == 0
+    assert dynamics.problem._fov_width(True) == dynamics.FOV_WIDTH
+    assert dynamics.problem._fov_width(False) == 0
     # a constant misfit: the normalised term is the same whatever fraction is in view
     x = np.asarray(domain.cell_centers(xnp, dtype=xnp.float64))
-    res = dynamics._Residual(domain, dynamics._Motion("affine", domain), None, 1.0)
+    res = dynamics.problem._Residual(domain, dynamics.problem._Motion("affine", domain), None, 1.0)
     T, R = ad_bk.asarray(np.full((10, 8), 3.0)), ad_bk.asarray(np.zeros((10, 8)))
     for shift in (0.0, 3.0, 6.0):
         q, s = res.view(x[None] + np.array([shift, 0.0]))
@@ -237,7 +238,7 @@ def test_fov_inner_solve_and_reduced_gram_are_exact(ad_bk, large, model):
     cn = ad_bk.to_numpy(c)
     np.testing.assert_allclose(cn, ad_bk.to_numpy(ref.f), atol=1e-7 * np.abs(cn).max())
     J, _ = separable.reduced_jacobian(sp, wb, c, "implicit", rtol=1e-12, max_iter=5000)
-    free = dynamics._free_index(P)
+    free = dynamics.solver._free_index(P)
     rng = np.random.default_rng(5)
     V = np.zeros(w.size)
     V[free] = rng.standard_normal(len(free))
@@ -259,9 +260,9 @@ def test_fov_inner_solve_and_reduced_gram_are_exact(ad_bk, large, model):
     G_engine = ad_bk.to_numpy(xp.matrix_transpose(J) @ J)
     np.testing.assert_allclose(G, G_engine, atol=1e-8 * np.abs(G_engine).max())
     if model == "regions":
-        H, Jimg = dynamics._blocks_kernel(ad_bk, P.residual)(wb, c, *P.data)
+        H, Jimg = dynamics.problem._blocks_kernel(ad_bk, P.residual)(wb, c, *P.data)
         G_const = ad_bk.to_numpy(
-            dynamics._assemble_gram(ad_bk, H, P.projected_gram(Jimg), xp.asarray(free))
+            dynamics.problem._assemble_gram(ad_bk, H, P.projected_gram(Jimg), xp.asarray(free))
         )
         assert np.abs(G_const - G_engine).max() > 1e-3 * np.abs(G_engine).max()
 
@@ -327,7 +328,7 @@ def test_reduced_jacobian_against_finite_differences(ad_bk, phantom, model, moti
     wb = ad_bk.asarray(w)
     c = P.inner(wb)
     J, _ = separable.reduced_jacobian(sp, wb, c, "implicit", rtol=1e-12, max_iter=2000)
-    free = dynamics._free_index(P)
+    free = dynamics.solver._free_index(P)
     v = rng.standard_normal(len(free))
     V = np.zeros(w.size)
     V[free] = v
@@ -447,7 +448,7 @@ def test_motions_are_the_transforms_of_multireg(kind):
     from multireg.grid import Domain
 
     domain = Domain((-10, 10, -8, 8), (12, 10))
-    motion = dynamics._Motion(kind, domain, (4, 3) if kind == "nonparametric" else None)
+    motion = dynamics.problem._Motion(kind, domain, (4, 3) if kind == "nonparametric" else None)
     W = motion.identity() + 0.1 * np.random.default_rng(0).standard_normal((3, motion.n_params))
     x = np.asarray(domain.cell_centers(xnp, dtype=xnp.float64))
     if kind == "nonparametric":
@@ -577,8 +578,8 @@ def test_every_argument_is_checked_before_any_work(ad_bk, monkeypatch, changes, 
     def work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    monkeypatch.setattr(dynamics, "frame_by_frame", work)
-    monkeypatch.setattr(dynamics, "_padded_coefficients", work)
+    monkeypatch.setattr(dynamics.solver, "frame_by_frame", work)
+    monkeypatch.setattr(dynamics.problem, "_padded_coefficients", work)
     ph = _BAD_PHANTOM
     kw = dict(frames=ph.frames, times=ph.times, masks=ph.weights, backend=ad_bk)
     kw.update(changes)

@@ -10,6 +10,7 @@ import pytest
 
 from multireg.optimize import Status
 from multireg.problems import separable, superres
+from multireg.problems.separable.problem import assemble_parameters, free_parameters
 from multireg.testing import adjoint_mismatch
 from tests.conftest import assert_close
 
@@ -40,7 +41,7 @@ def setup(ad_bk):
 
 def _reduced(problem, w, x, f_start):
     """F(w, f(w)) at the free parameters x, with a tight inner solve."""
-    w_full = separable._assemble(problem, w, x)
+    w_full = assemble_parameters(problem, w, x)
     f = separable.solve_linear(problem, w_full, f_start, rtol=1e-11, max_iter=1000).f
     return problem.kernels["stacked"](w_full, f, *problem.data)
 
@@ -48,7 +49,7 @@ def _reduced(problem, w, x, f_start):
 def _fd_jacobian(problem, w, f, h=1e-5):
     """The reduced Jacobian by central differences of the reduced residual."""
     bk = problem.bk
-    x = separable._free(problem, w)
+    x = free_parameters(problem, w)
     cols = []
     for i in range(x.shape[0]):
         e = bk.asarray(np.eye(x.shape[0])[i])
@@ -151,7 +152,7 @@ def test_reduced_gradient_is_partial_gradient(setup, fd_jacobian):
     problem, w, inner = setup
     bk = problem.bk
     F = bk.to_numpy(problem.kernels["stacked"](w, inner.f, *problem.data))
-    g = separable._free(problem, problem.kernels["grad_w"](w, inner.f, *problem.data))
+    g = free_parameters(problem, problem.kernels["grad_w"](w, inner.f, *problem.data))
     assert_close(bk, g, fd_jacobian.T @ F, rtol=1e-6)
 
 
@@ -181,7 +182,7 @@ def test_lsqr_and_cg_give_the_same_inner_solution(setup):
 def test_warm_started_jacobian_solve(setup):
     """The implicit Jacobian's batched solve started at its own answer needs no iteration."""
     problem, w, inner = setup
-    J, its, DF = separable._reduced_jacobian(
+    J, its, DF = separable.reduced._reduced_jacobian(
         problem,
         w,
         inner.f,
@@ -206,7 +207,9 @@ def test_matrix_free_gauss_newton_matrix(setup, jacobian):
     J, _ = separable.reduced_jacobian(problem, w, inner.f, jacobian, rtol=1e-12)
     J = bk.to_numpy(J)
     counter = [0]
-    op = separable._reduced_gauss_newton(problem, w, inner.f, jacobian, 1e-12, 1000, counter)
+    op = separable.projection._reduced_gauss_newton(
+        problem, w, inner.f, jacobian, 1e-12, 1000, counter
+    )
     v = np.random.default_rng(4).normal(size=J.shape[1])
     expected = J.T @ (J @ v)
     assert_close(bk, op.matvec(bk.asarray(v)), expected, rtol=1e-10)
@@ -222,7 +225,7 @@ def test_partial_gauss_newton_matrix_is_block_diagonal(setup):
     bk = problem.bk
     J = bk.to_numpy(separable.reduced_jacobian(problem, w, inner.f, "partial")[0])
     H, _ = problem.kernels["w_blocks"](w, inner.f, *problem.data)
-    dense = bk.to_numpy(separable._block_diagonal(problem, H))
+    dense = bk.to_numpy(separable.projection._block_diagonal(problem, H))
     assert dense.shape == (J.shape[1], J.shape[1])
     np.testing.assert_allclose(dense, J.T @ J, rtol=1e-10, atol=1e-12 * np.abs(dense).max())
 
@@ -233,10 +236,10 @@ def _dense_joint(problem, w, f):
     nw = len(problem.free) * problem.n_params
 
     def F(z):
-        w_full = separable._assemble(problem, w, z[:nw])
+        w_full = assemble_parameters(problem, w, z[:nw])
         return problem.kernels["stacked"](w_full, z[nw:], *problem.data)
 
-    z = xp.concat([separable._free(problem, w), f])
+    z = xp.concat([free_parameters(problem, w), f])
     return bk.to_numpy(F(z)), bk.to_numpy(bk.jacobian(F)(z))
 
 
@@ -261,13 +264,15 @@ def test_joint_steps_are_the_gauss_newton_step(setup, gauss_newton_step, method,
     k = problem.kernels
     lin = k["linearise"](w, f, *problem.data)
     if method == "lap":
-        dw, df, its = separable._lap_step(problem, w, f, lin, None, solver, 1e-13, 2000)
+        dw, df, its = separable.joint._lap_step(problem, w, f, lin, None, solver, 1e-13, 2000)
     else:
-        scale = separable._mean_diagonal(problem, w, f)
-        dw, df, its = separable._full_step(problem, w, f, lin, None, solver, 1e-13, 2000, scale)
+        scale = separable.joint._mean_diagonal(problem, w, f)
+        dw, df, its = separable.joint._full_step(
+            problem, w, f, lin, None, solver, 1e-13, 2000, scale
+        )
     bk = problem.bk
     assert np.all(bk.to_numpy(dw)[0] == 0)  # the fixed frame does not move
-    got = np.concatenate([bk.to_numpy(separable._free(problem, dw)), bk.to_numpy(df)])
+    got = np.concatenate([bk.to_numpy(free_parameters(problem, dw)), bk.to_numpy(df)])
     # solved to a 1e-13 relative residual: measured agreement 3e-13 to 5e-12
     assert np.linalg.norm(got - step) <= 1e-9 * np.linalg.norm(step), its
 
@@ -278,8 +283,8 @@ def test_frame_projection_annihilates_the_motion_jacobian(setup):
     problem, w, inner = setup
     bk, xp, k, data = problem.bk, problem.bk.xp, problem.kernels, problem.data
     F, F0, Jb, _, _ = k["linearise"](w, inner.f, *data)
-    Jz, _, Lc = separable._frame_factors(problem, Jb)
-    Q = separable._frame_basis(Jz, Lc)
+    Jz, _, Lc = separable.joint._frame_factors(problem, Jb)
+    Q = separable.joint._frame_basis(Jz, Lc)
     QtQ = bk.to_numpy(xp.sum(Q[:, :, :, None] * Q[:, :, None, :], axis=1))
     np.testing.assert_allclose(QtQ[1:], np.broadcast_to(np.eye(3), QtQ[1:].shape), atol=1e-10)
     assert np.all(QtQ[0] == 0)  # the fixed frame is not projected
@@ -383,7 +388,7 @@ def _gradients(bk, res):
     """‖∇_w Φ‖ over the free frames and ‖∇_f Φ‖ at the result of superres.solve."""
     problem = superres.build(PROBLEM.frames, PROBLEM.omega, PROBLEM.m_fine, backend=bk)
     w, f = res.w, bk.xp.reshape(res.f, (-1,))
-    gw = separable._free(problem, problem.kernels["grad_w"](w, f, *problem.data))
+    gw = free_parameters(problem, problem.kernels["grad_w"](w, f, *problem.data))
     gf = problem.kernels["grad_f"](w, f, *problem.data)
     return float(np.linalg.norm(bk.to_numpy(gw))), float(np.linalg.norm(bk.to_numpy(gf)))
 
