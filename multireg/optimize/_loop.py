@@ -280,6 +280,7 @@ def scalar(bk: Any, value: float, like: Array) -> Array:
 
 
 def norm(x: Array) -> Array:
+    """‖x‖ (Euclidean)."""
     return array_api_compat.array_namespace(x).linalg.vector_norm(x)
 
 
