@@ -93,7 +93,10 @@ def test_asarray_fair_orientation_on_every_backend(bk):
 
 def _python(code: str, **env: str | None) -> str:
     environ = dict(os.environ)
-    for key in ("MULTIREG_THREADS", "OMP_NUM_THREADS", "MULTIREG_BACKEND", "XLA_FLAGS"):
+    # every variable that sets a thread count: torch also follows MKL_NUM_THREADS (1 with
+    # OMP_NUM_THREADS=2 gives 1 thread), and a full run once had it set in this process
+    for key in ("MULTIREG_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "MULTIREG_BACKEND", "XLA_FLAGS"):  # fmt: skip
         environ.pop(key, None)
     environ.update({k: v for k, v in env.items() if v is not None})
     out = subprocess.run(
