@@ -30,7 +30,6 @@ import numpy as np
 from multireg import _bspline, _checks, optimize
 from multireg._backend import resolve_backend
 from multireg.distances import Distance, rescaled
-from multireg.distances import distance as make_distance
 from multireg.grid import Domain, pyramid_domains, restrict
 from multireg.interpolation import ImageModel
 from multireg.optimize import Record, Result, Status
@@ -43,6 +42,7 @@ from multireg.problems.registration import (
     RegistrationResult,
     Units,
     build_transform,
+    distance_of,
     select_levels,
 )
 from multireg.transforms import Transform
@@ -109,14 +109,8 @@ def register_batch(
     _checks.choice("method", method, ("gauss-newton",))
     _checks.choice("image_model", image_model, ("spline", "linear"))
     model = ImageModel(image_model, theta=theta)
-    if isinstance(distance, str):
-        # FAIR's MI residual keeps per-pair histogram ranges: not batched
-        _checks.choice("distance", distance.lower(), tuple(d for d in DISTANCES if d != "mi-gn"))
-        dist = make_distance(distance)
-    elif isinstance(distance, Distance):
-        dist = distance
-    else:
-        raise TypeError(f"distance must be a name or a Distance, not {type(distance).__name__}")
+    # FAIR's MI residual keeps per-pair histogram ranges: not batched
+    dist = distance_of(distance, tuple(d for d in DISTANCES if d != "mi-gn"))
     if not dist.gauss_newton:
         raise ValueError(
             f"distance {type(dist).__name__} has no Gauss–Newton form; register_batch solves "

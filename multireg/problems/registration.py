@@ -275,13 +275,7 @@ def register(
              ("multireg", "fair")),
         )
     )  # fmt: skip
-    if isinstance(distance, str):
-        _checks.choice("distance", distance.lower(), DISTANCES)
-        dist = make_distance(distance)
-    elif isinstance(distance, Distance):
-        dist = distance
-    else:
-        raise TypeError(f"distance must be a name or a Distance, not {type(distance).__name__}")
+    dist = distance_of(distance, DISTANCES)
     if fair_compat:
         dist = _fair_distance(dist, T, R, given=not isinstance(distance, str))
     if method == "gauss-newton" and not dist.gauss_newton:
@@ -470,6 +464,18 @@ MIN_CELLS = 4
 AUTO_MIN_CELLS = 8
 """``levels="auto"``: every level of the pyramid whose smallest axis has at least this many
 cells (FAIR's examples start at 8×8, level 3)."""
+
+
+def distance_of(distance: Any, names: tuple[str, ...]) -> Distance:
+    """The :class:`~multireg.distances.Distance` that ``distance`` names (one of ``names``, any
+    case) or is; a ValueError/TypeError naming the argument otherwise. Used by ``register`` and
+    ``register_batch``."""
+    if isinstance(distance, str):
+        _checks.choice("distance", distance.lower(), names)
+        return make_distance(distance)
+    if isinstance(distance, Distance):
+        return distance
+    raise TypeError(f"distance must be a name or a Distance, not {type(distance).__name__}")
 
 
 def select_levels(domain: Domain, levels: Any) -> list[Domain]:
