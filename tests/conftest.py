@@ -37,6 +37,19 @@ def _selected() -> list[str]:
     return names
 
 
+@pytest.fixture
+def restored_environ():
+    """``os.environ`` put back as it was after the test. Starting a dask.distributed
+    ``LocalCluster(processes=True)`` sets OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS
+    to 1 in the *calling* process (each Nanny updates ``os.environ`` with its pre-spawn
+    environment, config ``distributed.nanny.pre-spawn-environ``); without this, every test after
+    a Dask test ran its subprocesses' torch and BLAS on one thread."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 BACKENDS = _selected()
 AD_BACKENDS = [n for n in BACKENDS if _instance(n).differentiable]
 

@@ -235,7 +235,7 @@ def test_register_many_pair_folders_hold_what_register_writes(tmp_path, capsys, 
 
 
 @pytest.mark.slow
-def test_register_many_on_a_dask_scheduler(tmp_path, capsys):
+def test_register_many_on_a_dask_scheduler(tmp_path, capsys, restored_environ):
     distributed = pytest.importorskip("distributed")
     manifest = _manifest(tmp_path, n=2)
     out = tmp_path / "out"

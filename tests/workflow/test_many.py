@@ -150,7 +150,7 @@ def test_bad_arguments_fail_before_any_work():
 
 
 @pytest.mark.slow
-def test_on_a_dask_local_cluster_each_pair_runs_once():
+def test_on_a_dask_local_cluster_each_pair_runs_once(restored_environ):
     distributed = pytest.importorskip("distributed")
     pairs, omega = _pairs(3)
     jobs = [*pairs, pairs[0]]  # two equal pairs: two tasks, not one (no deduplication)
