@@ -44,7 +44,9 @@ det ∇y (central differences, 2 cells cropped per side).
 Times: ``cold`` is the first registration in a fresh process including the import of the
 method's library (and JAX's compilation), ``warm`` a second registration in the same process;
 ``MB`` the process's peak resident memory (``resource.getrusage``). Every library gets
-``--threads`` threads (default 1).
+``--threads`` threads (default 1). ``--timeout`` limits each run on its own (the cold run from
+the worker's start, the warm run from the end of the cold one); a run past it is reported as
+"timed out at N s" in its column, the cold run's row kept when only the warm one ran out.
 """
 
 from __future__ import annotations
@@ -536,15 +538,28 @@ def make_method(name: str) -> Method:
     return MultiregMethod(kind, backend)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader never sees half of it (the parent polls the file)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
 def worker(case_file: str, name: str, out_file: str, threads: int, warm: bool) -> int:
-    """One method on one case in this (fresh) process; writes the field and the timings."""
+    """One method on one case in this (fresh) process; writes the field and the timings.
+
+    The cold run's result (field, own warped image, ``"phase": "cold"``) is written before the
+    warm run starts, so that the parent can give the warm run its own time limit and keep the
+    cold run's row when only the warm one runs out of time (:func:`run_worker`). The scores
+    are the cold run's."""
     _threads_env(threads)
     from multireg import Domain
 
     with np.load(case_file) as z:
         T, R, omega = z["T"], z["R"], tuple(z["omega"])
     domain = Domain(omega, T.shape)
-    info: dict = {"method": name}
+    info: dict = {"method": name, "phase": "cold"}
+    json_file = Path(out_file).with_suffix(".json")
     try:
         method = make_method(name)
         info["preset"] = method.preset
@@ -552,20 +567,68 @@ def worker(case_file: str, name: str, out_file: str, threads: int, warm: bool) -
         method.setup(threads)
         handle = method.run(T, R, domain)
         info["cold"] = time.perf_counter() - t0
-        if warm:
-            t0 = time.perf_counter()
-            handle = method.run(T, R, domain)
-            info["warm"] = time.perf_counter() - t0
         info["status"] = method.status(handle)
         u = method.field(handle, domain)
         own = method.warped(handle, domain)
         info["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        np.savez(out_file, u=u, own=own)
+        part = Path(out_file).with_name(Path(out_file).stem + ".part.npz")
+        np.savez(part, u=u, own=own)
+        os.replace(part, out_file)
+        if warm:
+            info["phase"] = "warm"  # the cold run is complete; the warm one starts now
+            _write_atomic(json_file, json.dumps(info))
+            del handle, u, own
+            t0 = time.perf_counter()
+            method.run(T, R, domain)
+            info["warm"] = time.perf_counter() - t0
+            info["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     except Exception as err:  # a peer that fails is reported, not fatal
-        info["status"] = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
+        where = "warm run " if info["phase"] == "warm" else ""
+        info["status"] = f"failed: {where}{type(err).__name__}: {str(err).splitlines()[0][:120]}"
         info["traceback"] = traceback.format_exc()
-    Path(out_file).with_suffix(".json").write_text(json.dumps(info))
+    info["phase"] = "done"
+    _write_atomic(json_file, json.dumps(info))
     return 0
+
+
+def run_worker(cmd: list[str], json_file: Path, timeout: float, *, cwd, verbose=False) -> dict:
+    """Run one worker ``cmd`` with ``timeout`` seconds for EACH of its runs and return its info.
+
+    The cold run's clock starts when the process starts (so it includes the interpreter's and
+    the library's start-up, as ``cold`` itself includes the import); the warm run's clock starts
+    when the worker says its cold run is complete (``"phase": "warm"`` in ``json_file``). A run
+    past its limit ends the worker's process group and is reported as such: ``cold_timeout``
+    (no result at all) or ``warm_timeout`` (the cold run's row is kept), in seconds; a worker
+    that dies without a result says so."""
+    json_file = Path(json_file)
+    json_file.unlink(missing_ok=True)  # a stale result must not pass for this run's
+    out = None if verbose else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    cold_done = killed = False
+    while proc.poll() is None:
+        if not cold_done and json_file.exists():
+            cold_done = json.loads(json_file.read_text()).get("phase") == "warm"
+            if cold_done:
+                deadline = time.monotonic() + timeout
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, 9)  # the worker's own session: its process and children only
+            proc.wait()
+            killed = True
+            break
+        time.sleep(0.1)
+    info = json.loads(json_file.read_text()) if json_file.exists() else {}
+    phase = info.get("phase")
+    if phase == "done":
+        return info
+    if phase == "warm":  # the cold run's result is complete; the warm run did not end
+        if killed:
+            return {**info, "warm_timeout": timeout}
+        return {**info, "warm_error": f"the worker died in the warm run (exit {proc.returncode})"}
+    if killed:
+        return {"status": f"timed out: the cold run had not finished after {timeout:g} s",
+                "cold_timeout": timeout}  # fmt: skip
+    return {"status": f"failed: the worker died (exit {proc.returncode}; see --verbose)"}
 
 
 # --------------------------------------------------------------------------------- scoring
@@ -664,6 +727,15 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _time_cell(row: dict, run: str) -> str:
+    """A run's time, or that it ran out of its own time limit (or its worker died)."""
+    if row.get(f"{run}_timeout") is not None:
+        return f"timed out at {row[f'{run}_timeout']:g} s"
+    if row.get(f"{run}_error"):
+        return "died"
+    return _fmt(row.get(run))
+
+
 def run_case(case: Case, methods, args, tmp: Path, progress) -> list[dict]:
     case_file = tmp / f"{case.name}.npz"
     np.savez(case_file, T=case.T.astype(np.float32), R=case.R.astype(np.float32),
@@ -682,24 +754,15 @@ def run_case(case: Case, methods, args, tmp: Path, progress) -> list[dict]:
             progress(f"  [{case.name}] {name}: kept from {tmp}")
             rows.append(_row(case, name, out))
             continue
+        out.unlink(missing_ok=True)  # a stale field must not pass for this run's
         cmd = [sys.executable, __file__, "--worker", str(case_file), name, str(out),
                "--threads", str(args.threads)]  # fmt: skip
         if not args.no_warm and (args.warm_peers or name.startswith("multireg")):
             cmd.append("--warm")
-        t0 = time.perf_counter()
-        try:
-            # in the temporary folder: transformix writes deformationField.nii into the cwd
-            subprocess.run(cmd, check=False, timeout=args.timeout, cwd=tmp,
-                           capture_output=not args.verbose)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            pass
-        if not out.with_suffix(".json").exists():
-            why = (
-                f"failed: no result within {args.timeout:g} s"
-                if time.perf_counter() - t0 >= args.timeout
-                else "failed: the worker died (see --verbose)"
-            )
-            out.with_suffix(".json").write_text(json.dumps({"status": why}))
+        # in the temporary folder: transformix writes deformationField.nii into the cwd
+        info = run_worker(cmd, out.with_suffix(".json"), args.timeout, cwd=tmp,
+                          verbose=args.verbose)  # fmt: skip
+        _write_atomic(out.with_suffix(".json"), json.dumps(info))
         row = _row(case, name, out)
         rows.append(row)
         progress(
@@ -754,7 +817,7 @@ def markdown(cases, skipped, rows, args) -> str:
         table_rows.append({
             "case": r["case"], "method": r["method"],
             "status": r.get("status", "")[:60],
-            "cold": _fmt(r.get("cold")), "warm": _fmt(r.get("warm")),
+            "cold": _time_cell(r, "cold"), "warm": _time_cell(r, "warm"),
             "MB": _fmt(r.get("max_rss_mb"), 4), "Dice": _fmt(r.get("dice")),
             "HD95": _fmt(r.get("hd95")), "TRE": _fmt(r.get("tre")),
             "TRE max": _fmt(r.get("tre_max")), "SDlogJ": _fmt(r.get("sdlogj")),
@@ -762,10 +825,17 @@ def markdown(cases, skipped, rows, args) -> str:
         })  # fmt: skip
     lines.append(table(table_rows, COLUMNS))
     lines += ["", "Units of HD95/TRE per case: " + ", ".join(f"{k} {v}" for k, v in unit.items())]
-    failed = [r for r in rows if str(r.get("status", "")).startswith("failed")]
+    failed = [r for r in rows if str(r.get("status", "")).startswith(("failed", "timed out"))]
+    failed += [r for r in rows if r.get("warm_timeout") is not None or r.get("warm_error")]
     if failed:
-        lines += ["", "## Failures", ""]
-        lines += [f"* `{r['case']}` / `{r['method']}`: {r['status']}" for r in failed]
+        lines += ["", "## Failures and time-outs", ""]
+        for r in failed:
+            why = r["status"]
+            if r.get("warm_timeout") is not None:
+                why = f"the warm run had not finished after {r['warm_timeout']:g} s"
+            elif r.get("warm_error"):
+                why = r["warm_error"]
+            lines.append(f"* `{r['case']}` / `{r['method']}`: {why}")
     return "\n".join(lines) + "\n"
 
 
@@ -783,7 +853,10 @@ def parse_args(argv=None):
         "the cold one less the import)",
     )  # fmt: skip
     p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds per method and case")
+    p.add_argument(
+        "--timeout", type=float, default=900.0,
+        help="seconds for each run (the cold run and the warm run each get this much)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="report path (default bench/out/real.md)")
     p.add_argument("--verbose", action="store_true", help="show the workers' output")
     p.add_argument(

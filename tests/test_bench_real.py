@@ -22,7 +22,7 @@ def _tiny_case() -> real.Case:
     d1 = np.hypot(x[..., 0] - 8, x[..., 1] - 10)
     d2 = np.hypot(x[..., 0] - 16, x[..., 1] - 9)
     labels = np.where(d1 < 4, 1, np.where(d2 < 3.5, 2, 0)).astype(np.int16)
-    image = np.exp(-(d1 / 4) ** 2) + 0.7 * np.exp(-(d2 / 3) ** 2)
+    image = np.exp(-((d1 / 4) ** 2)) + 0.7 * np.exp(-((d2 / 3) ** 2))
     rng = np.random.default_rng(0)
     return real._warped_case(
         "tiny", image, labels, labels > 0, domain.omega, "mm", rng, amp=1.0, note="test",
@@ -63,3 +63,71 @@ def test_quick_path_table_for_multireg(tmp_path):
     body = [line for line in text.splitlines() if line.startswith("| tiny")]
     assert len(body) == 3
     assert "`mni-cross`: not run: why" in text
+
+
+# A stand-in worker: sleeps COLD s, says its cold run is complete, sleeps WARM s, says done
+# (the protocol of real.worker: "phase" in the json file), or exits with CODE before any result.
+_FAKE_WORKER = """
+import json, os, sys, time
+path, cold, warm, code = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+if code:
+    sys.exit(code)
+def write(info):
+    with open(path + ".part", "w") as f:
+        json.dump(info, f)
+    os.replace(path + ".part", path)
+time.sleep(cold)
+write({"phase": "warm", "status": "converged", "cold": cold})
+time.sleep(warm)
+write({"phase": "done", "status": "converged", "cold": cold, "warm": warm})
+"""
+
+
+def _fake(tmp_path, cold, warm, timeout, code=0):
+    out = tmp_path / "w.json"
+    cmd = [sys.executable, "-c", _FAKE_WORKER, str(out), str(cold), str(warm), str(code)]
+    return real.run_worker(cmd, out, timeout, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_each_run_has_its_own_time_limit(tmp_path):
+    # cold and warm each stay under the limit, together they exceed it: both complete
+    info = _fake(tmp_path, cold=3.0, warm=3.0, timeout=5.0)
+    assert info["phase"] == "done" and info["warm"] == 3.0
+    assert "warm_timeout" not in info and "cold_timeout" not in info
+
+
+def test_a_warm_run_past_its_limit_keeps_the_cold_run_and_says_it_timed_out(tmp_path):
+    info = _fake(tmp_path, cold=0.0, warm=120.0, timeout=1.5)
+    assert info["warm_timeout"] == 1.5 and info["status"] == "converged" and info["cold"] == 0.0
+    assert "warm" not in info
+    row = {"case": "tiny", "method": "m", **info}
+    assert real._time_cell(row, "warm") == "timed out at 1.5 s"
+    assert real._time_cell(row, "cold") == "0"
+
+
+def test_a_cold_run_past_its_limit_is_reported_as_timed_out(tmp_path):
+    info = _fake(tmp_path, cold=120.0, warm=0.0, timeout=1.5)
+    assert info["cold_timeout"] == 1.5
+    assert info["status"] == "timed out: the cold run had not finished after 1.5 s"
+    assert real._time_cell(info, "cold") == "timed out at 1.5 s"
+
+
+def test_a_worker_that_dies_is_not_reported_as_timed_out(tmp_path):
+    info = _fake(tmp_path, cold=0.0, warm=0.0, timeout=30.0, code=3)
+    assert info["status"] == "failed: the worker died (exit 3; see --verbose)"
+    assert "cold_timeout" not in info
+
+
+def test_the_table_lists_time_outs(tmp_path):
+    case = _tiny_case()
+    args = real.parse_args(["--quick"])
+    rows = [
+        {"case": "tiny", "method": "a", "status": "converged", "cold": 2.0, "warm_timeout": 9.0},
+        {"case": "tiny", "method": "b", "status": "timed out: the cold run had not finished "
+         "after 9 s", "cold_timeout": 9.0},
+    ]  # fmt: skip
+    text = real.markdown([case], [], rows, args)
+    assert "| timed out at 9 s |" in text.replace("  ", " ")
+    assert "* `tiny` / `a`: the warm run had not finished after 9 s" in text
+    assert "* `tiny` / `b`: timed out: the cold run had not finished after 9 s" in text
