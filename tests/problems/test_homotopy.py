@@ -15,6 +15,7 @@ once for the module; tests that only need one backend run on torch, which compil
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -292,17 +293,11 @@ def test_other_correctors_find_the_same_path(corrector):
     np.testing.assert_allclose(res.ws, reference.ws, rtol=0, atol=1e-8)
 
 
-def test_another_theta_range_compiles_nothing_on_jax():
-    """θ enters every kernel as a 0-d array (issue 13.2): a second path over other scales, with
-    another number of steps, adaptive steps and another tolerance, traces and compiles no new
-    program. Counted with JAX's monitoring events, never timed."""
-    if "jax" not in AD_BACKENDS:
-        pytest.skip("needs jax")
+@contextlib.contextmanager
+def _jax_compilations():
+    """The names of JAX's compilation events (traces, lowerings, compiles) inside the block."""
     from jax import monitoring
 
-    bk = _instance("jax")
-    _run(bk, theta_range=(100.0, 0.01), n_steps=4)
-    _run(bk, theta_range=(100.0, 0.01), n_steps=4, step="adaptive")
     events = []
 
     def listener(name, *args, **kwargs):
@@ -311,11 +306,40 @@ def test_another_theta_range_compiles_nothing_on_jax():
 
     monitoring.register_event_duration_secs_listener(listener)
     try:
-        _run(bk, theta_range=(37.0, 0.003), n_steps=7, tol=1e-9)
-        _run(bk, theta_range=(50.0, 0.02), n_steps=5, step="adaptive", target_error=0.2)
+        yield events
     finally:
         monitoring.unregister_event_duration_listener(listener)
+
+
+def test_another_theta_range_compiles_nothing_on_jax():
+    """θ enters every kernel as a 0-d array (issue 13.2): a second path over other scales, with
+    another number of steps, adaptive steps and another tolerance, traces and compiles no new
+    program. Counted with JAX's monitoring events, never timed."""
+    if "jax" not in AD_BACKENDS:
+        pytest.skip("needs jax")
+    bk = _instance("jax")
+    _run(bk, theta_range=(100.0, 0.01), n_steps=4)
+    _run(bk, theta_range=(100.0, 0.01), n_steps=4, step="adaptive")
+    with _jax_compilations() as events:
+        _run(bk, theta_range=(37.0, 0.003), n_steps=7, tol=1e-9)
+        _run(bk, theta_range=(50.0, 0.02), n_steps=5, step="adaptive", target_error=0.2)
     assert events == []
+
+
+@pytest.mark.slow
+def test_another_ngf_edge_compiles_nothing_on_jax():
+    """NGF's edge is data in the homotopy's kernels as in ``register`` (issue 13.2): a path with
+    another edge traces and compiles no new program, and the edge reaches the kernels (another
+    edge, another objective along the path)."""
+    if "jax" not in AD_BACKENDS:
+        pytest.skip("needs jax")
+    bk = _instance("jax")
+    options = dict(theta_range=(10.0, 0.1), n_steps=3)
+    first = _run(bk, distance=multireg.NGF(edge=0.3), **options)
+    with _jax_compilations() as events:
+        other = _run(bk, distance=multireg.NGF(edge=3.0), **options)
+    assert events == []
+    assert other.path[0].fun != pytest.approx(first.path[0].fun, rel=1e-6)
 
 
 def test_each_point_computes_its_hessian_once(monkeypatch):
@@ -328,8 +352,8 @@ def test_each_point_computes_its_hessian_once(monkeypatch):
     module = sys.modules["multireg.problems.homotopy.path"]  # where homotopy() builds them
     hessians, gradients = [], []
 
-    def counted(*configuration):
-        kernels = dict(_kernels(*configuration))
+    def counted(*configuration, **keywords):
+        kernels = dict(_kernels(*configuration, **keywords))
         for name in {"hessian", "value_grad_hessian", "value_and_grad"} & set(kernels):
 
             def wrapped(w, cT, *rest, kernel=kernels[name], name=name):

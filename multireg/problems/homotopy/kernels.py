@@ -15,6 +15,7 @@ from multireg.distances import Distance
 from multireg.grid import Domain
 from multireg.interpolation import spline_coefficients, spline_interpolate
 from multireg.optimize.kernels import scalar
+from multireg.problems._registration_kernels import _hyper_arrays, _split_data, _with_fields
 from multireg.problems.homotopy.results import ThetaChoice
 from multireg.transforms import Transform
 
@@ -89,14 +90,42 @@ def _theta_from_data(
 # ---------------------------------------------------------------------------------- kernels
 
 
-@functools.lru_cache(maxsize=32)
-def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain) -> dict:
+# the kernels that evaluate the distance take its hyper-parameters as their first argument
+_WITH_DISTANCE = (
+    "J", "value_and_grad", "hessian", "value_grad_hessian", "hvp", "gn_matrix", "gn_matvec",
+    "mixed",
+)  # fmt: skip
+
+
+def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain, like: Any = None) -> dict:
     """Compiled kernels of J(w, θ) for one configuration; data, grid and θ are arguments.
 
     At a fixed θ the corrector works on ``(cT, Rc, x)``: T's spline coefficients and R_θ at the
     cell centres, computed once per θ by ``images``. ``mixed`` rebuilds both from θ so that the
     derivative in θ passes through both coefficient solves.
+
+    The distance's hyper-parameters (NGF's edge, MI's ranges) are data, as in ``register``
+    (issue 13.2): the programs are compiled per distance *structure* and the values are bound
+    here as 0-d arrays of ``like``'s dtype (float64 without ``like``), so another edge compiles
+    nothing new.
     """
+    structure, values = _split_data(dist)
+    kernels = _compiled(bk, trafo, structure, domain)
+    if like is None:
+        dtype, device = bk.xp.float64, None
+    else:
+        dtype, device = like.dtype, array_api_compat.device(like)
+    data = _hyper_arrays(bk.xp, values, dtype, device)
+    return {
+        name: functools.partial(kernel, data) if name in _WITH_DISTANCE else kernel
+        for name, kernel in kernels.items()
+    }
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(bk: Any, trafo: Transform, structure: Distance, domain: Domain) -> dict:
+    """The programs of :func:`_kernels`; those in ``_WITH_DISTANCE`` take the distance's
+    hyper-parameter values ``dv`` first."""
     xp = bk.xp
     h = domain.h
 
@@ -108,26 +137,29 @@ def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain) -> dict:
     def warped(w, cT, x):
         return xp.reshape(spline_interpolate(cT, domain, trafo(w, x)), domain.m)
 
-    def residual(w, cT, Rc, x):
-        return dist.residual(warped(w, cT, x), Rc, domain)
+    def distance(dv):
+        return _with_fields(structure, dv)
 
-    def J(w, cT, Rc, x):
-        return dist(warped(w, cT, x), Rc, domain)
+    def residual(dv, w, cT, Rc, x):
+        return distance(dv).residual(warped(w, cT, x), Rc, domain)
 
-    def value_and_grad(w, cT, Rc, x):
-        return bk.value_and_grad(lambda v: J(v, cT, Rc, x))(w)
+    def J(dv, w, cT, Rc, x):
+        return distance(dv)(warped(w, cT, x), Rc, domain)
 
-    def hessian(w, cT, Rc, x):
-        return bk.hessian(lambda v: J(v, cT, Rc, x))(w)
+    def value_and_grad(dv, w, cT, Rc, x):
+        return bk.value_and_grad(lambda v: J(dv, v, cT, Rc, x))(w)
 
-    def value_grad_hessian(w, cT, Rc, x):
+    def hessian(dv, w, cT, Rc, x):
+        return bk.hessian(lambda v: J(dv, v, cT, Rc, x))(w)
+
+    def value_grad_hessian(dv, w, cT, Rc, x):
         """J, ∇J and ∇²J, what a Newton iteration needs at its iterate, from one evaluation of
         J and ∇J: the Hessian's rows are pullbacks of [J, ∇J] (reverse over reverse), whose
         forward pass gives J and ∇J themselves (on torch 30 % less than ``value_and_grad`` and
         ``hessian`` apart, the same numbers)."""
 
         def value_and_grad_stacked(v):
-            fun, grad = bk.value_and_grad(lambda u: J(u, cT, Rc, x))(v)
+            fun, grad = bk.value_and_grad(lambda u: J(dv, u, cT, Rc, x))(v)
             return xp.concat([xp.reshape(fun, (1,)), grad])
 
         out, pullback = bk.vjp(value_and_grad_stacked, w)
@@ -135,29 +167,29 @@ def _kernels(bk: Any, trafo: Transform, dist: Distance, domain: Domain) -> dict:
         rows = xp.eye(n + 1, dtype=w.dtype, device=array_api_compat.device(w))[1:, :]
         return out[0], out[1:], bk.vmap(pullback)(rows)
 
-    def hvp(w, v, cT, Rc, x):
-        return bk.hvp(lambda u: J(u, cT, Rc, x), w, v)
+    def hvp(dv, w, v, cT, Rc, x):
+        return bk.hvp(lambda u: J(dv, u, cT, Rc, x), w, v)
 
-    def gn_matrix(w, cT, Rc, x):
+    def gn_matrix(dv, w, cT, Rc, x):
         """J_rᵀ W J_r (for SSD hd·J_rᵀJ_r, the Hessian of ½·hd·‖r‖² without r's curvature)."""
-        r = residual(w, cT, Rc, x)
-        Jr = bk.jacobian(lambda v: residual(v, cT, Rc, x))(w)
-        W = dist.gn_weight(r, Rc, domain)
+        r = residual(dv, w, cT, Rc, x)
+        Jr = bk.jacobian(lambda v: residual(dv, v, cT, Rc, x))(w)
+        W = distance(dv).gn_weight(r, Rc, domain)
         return Jr.T @ ((W[:, None] if W.ndim else W) * Jr)
 
-    def gn_matvec(w, v, cT, Rc, x):
-        r, jv = bk.jvp(lambda u: residual(u, cT, Rc, x), w, v)
-        _, pullback = bk.vjp(lambda u: residual(u, cT, Rc, x), w)
-        return pullback(dist.gn_weight(r, Rc, domain) * jv)
+    def gn_matvec(dv, w, v, cT, Rc, x):
+        r, jv = bk.jvp(lambda u: residual(dv, u, cT, Rc, x), w, v)
+        _, pullback = bk.vjp(lambda u: residual(dv, u, cT, Rc, x), w)
+        return pullback(distance(dv).gn_weight(r, Rc, domain) * jv)
 
-    def mixed(w, theta, T, R, x):
+    def mixed(dv, w, theta, T, R, x):
         """∂_s ∇_w J = ∇_w (θ·∂θ J) at (w, θ), s = log θ: the gradient in w of the derivative
         in θ (reverse over reverse, two passes; forward mode in torch is slow, see its adapter)."""
 
         def scale_derivative(v):
             def J_theta(t):
                 cT, Rc = images(t, T, R, x)
-                return J(v, cT, Rc, x)
+                return J(dv, v, cT, Rc, x)
 
             return theta * bk.value_and_grad(J_theta)(theta)[1]
 

@@ -155,7 +155,7 @@ def homotopy(
     )
     started = time.perf_counter()
     bk, (Tb, _) = run.bk, run.images
-    kernels = _kernels(bk, run.trafo, run.dist, run.domain)
+    kernels = _kernels(bk, run.trafo, run.dist, run.domain, like=Tb)
     x = run.domain.cell_centers(bk.xp, dtype=Tb.dtype, device=array_api_compat.device(Tb))
     dense = run.trafo.n_params <= optimize.DENSE_MAX
     metric = _map_metric(bk, run.trafo, run.domain, run.w_id, x) if dense else None
