@@ -43,6 +43,9 @@ det ∇y (central differences, 2 cells cropped per side).
 
 Times: ``cold`` is the first registration in a fresh process including the import of the
 method's library (and JAX's compilation), ``warm`` a second registration in the same process;
+``restart`` (JAX rows) the first registration in a second fresh process that finds the first
+one's compiled programs in multireg's cache (every worker gets its own, initially empty, cache
+folder: ``MULTIREG_CACHE_DIR``), what a user's next run costs;
 ``MB`` the process's peak resident memory (``resource.getrusage``). Every library gets
 ``--threads`` threads (default 1). ``--timeout`` limits each run on its own (the cold run from
 the worker's start, the warm run from the end of the cold one); a run past it is reported as
@@ -56,6 +59,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,9 +97,12 @@ OURS = tuple(
     for b in ("jax", "torch")
 )
 METHODS = PEERS + OURS
+QUICK_METHODS = ("ants-syn", "dipy-syn", "multireg-affine-torch", "multireg-elastic-torch")
+"""``--quick``'s methods: one SyN of each peer family and multireg's fastest two (elastix's
+B-spline and multireg's JAX rows, whose cold run is mostly compilation, take minutes each)."""
 CASES = ("mni3d-known", "mni2d-known", "stereo", "hands-landmarks", "mni-cross")
 COLUMNS = (
-    "case", "method", "status", "cold", "warm", "MB", "Dice", "HD95", "TRE", "TRE max",
+    "case", "method", "status", "cold", "warm", "restart", "MB", "Dice", "HD95", "TRE", "TRE max",
     "SDlogJ", "% folded", "conv",
 )  # fmt: skip
 
@@ -591,7 +598,9 @@ def worker(case_file: str, name: str, out_file: str, threads: int, warm: bool) -
     return 0
 
 
-def run_worker(cmd: list[str], json_file: Path, timeout: float, *, cwd, verbose=False) -> dict:
+def run_worker(
+    cmd: list[str], json_file: Path, timeout: float, *, cwd, verbose=False, env=None
+) -> dict:
     """Run one worker ``cmd`` with ``timeout`` seconds for EACH of its runs and return its info.
 
     The cold run's clock starts when the process starts (so it includes the interpreter's and
@@ -603,7 +612,9 @@ def run_worker(cmd: list[str], json_file: Path, timeout: float, *, cwd, verbose=
     json_file = Path(json_file)
     json_file.unlink(missing_ok=True)  # a stale result must not pass for this run's
     out = None if verbose else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=out, stderr=out, start_new_session=True, env=env
+    )  # fmt: skip
     deadline = time.monotonic() + timeout
     cold_done = killed = False
     while proc.poll() is None:
@@ -732,7 +743,7 @@ def _time_cell(row: dict, run: str) -> str:
     if row.get(f"{run}_timeout") is not None:
         return f"timed out at {row[f'{run}_timeout']:g} s"
     if row.get(f"{run}_error"):
-        return "died"
+        return "failed"
     return _fmt(row.get(run))
 
 
@@ -759,9 +770,26 @@ def run_case(case: Case, methods, args, tmp: Path, progress) -> list[dict]:
                "--threads", str(args.threads)]  # fmt: skip
         if not args.no_warm and (args.warm_peers or name.startswith("multireg")):
             cmd.append("--warm")
+        # an empty compilation cache: "cold" is the first compilation, not a cache's load
+        cache = tmp / "cache" / f"{case.name}-{name}"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = {**os.environ, "MULTIREG_CACHE_DIR": str(cache)}
         # in the temporary folder: transformix writes deformationField.nii into the cwd
         info = run_worker(cmd, out.with_suffix(".json"), args.timeout, cwd=tmp,
-                          verbose=args.verbose)  # fmt: skip
+                          verbose=args.verbose, env=env)  # fmt: skip
+        if name.endswith("-jax") and not args.no_restart and "cold" in info:
+            # a new process that finds the first one's compiled programs in the cache
+            again = out.with_name(out.stem + "-restart.npz")
+            cmd = [str(again) if c == str(out) else c for c in cmd if c != "--warm"]
+            progress(f"  [{case.name}] {name}: restart (new process, cache kept) ...")
+            r = run_worker(cmd, again.with_suffix(".json"), args.timeout, cwd=tmp,
+                           verbose=args.verbose, env=env)  # fmt: skip
+            info["restart"] = r.get("cold")
+            info["restart_timeout"] = r.get("cold_timeout")
+            if "cold" not in r and "cold_timeout" not in r:
+                info["restart_error"] = f"restart run: {r.get('status')}"
+            elif str(r.get("status", "")).startswith("failed"):
+                info["restart_error"] = f"restart run: {r['status']}"
         _write_atomic(out.with_suffix(".json"), json.dumps(info))
         row = _row(case, name, out)
         rows.append(row)
@@ -780,14 +808,22 @@ def _row(case: Case, name: str, out: Path) -> dict:
     return row
 
 
+def _load(args) -> str:
+    """The 1-minute load average at the run's start and now."""
+    now = f"{os.getloadavg()[0]:.1f}"
+    start = getattr(args, "load_start", None)
+    return f"{start:.1f} at the start, {now} at the end" if start is not None else now
+
+
 def markdown(cases, skipped, rows, args) -> str:
     lines = [
         "# Real images, known truth: multireg and its peers",
         "",
-        f"`python bench/real.py{' --quick' if args.quick else ''}"
-        f"{' --one-mm' if args.one_mm else ''} --threads {args.threads}` "
+        f"`python bench/real.py {getattr(args, 'command', '')}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-        f"{args.threads} thread(s) per library). Times in s; MB: peak resident memory of the "
+        f"{args.threads} thread(s) per library; load average {_load(args)}: other work "
+        "on the machine slows every method alike only roughly, so compare times within one "
+        "run). Times in s; MB: peak resident memory of the "
         "method's process; Dice: mean over labels present in both (GM, WM); HD95 and TRE in "
         "the case's world units; SDlogJ and % folded from det ∇y (2 cells cropped); conv: max "
         "|peer's own warped T − multireg's warp through the converted field| / range of T "
@@ -818,6 +854,7 @@ def markdown(cases, skipped, rows, args) -> str:
             "case": r["case"], "method": r["method"],
             "status": r.get("status", "")[:60],
             "cold": _time_cell(r, "cold"), "warm": _time_cell(r, "warm"),
+            "restart": _time_cell(r, "restart"),
             "MB": _fmt(r.get("max_rss_mb"), 4), "Dice": _fmt(r.get("dice")),
             "HD95": _fmt(r.get("hd95")), "TRE": _fmt(r.get("tre")),
             "TRE max": _fmt(r.get("tre_max")), "SDlogJ": _fmt(r.get("sdlogj")),
@@ -827,6 +864,7 @@ def markdown(cases, skipped, rows, args) -> str:
     lines += ["", "Units of HD95/TRE per case: " + ", ".join(f"{k} {v}" for k, v in unit.items())]
     failed = [r for r in rows if str(r.get("status", "")).startswith(("failed", "timed out"))]
     failed += [r for r in rows if r.get("warm_timeout") is not None or r.get("warm_error")]
+    failed += [r for r in rows if r.get("restart_timeout") is not None or r.get("restart_error")]
     if failed:
         lines += ["", "## Failures and time-outs", ""]
         for r in failed:
@@ -835,13 +873,21 @@ def markdown(cases, skipped, rows, args) -> str:
                 why = f"the warm run had not finished after {r['warm_timeout']:g} s"
             elif r.get("warm_error"):
                 why = r["warm_error"]
+            elif r.get("restart_timeout") is not None:
+                why = f"the restart run had not finished after {r['restart_timeout']:g} s"
+            elif r.get("restart_error"):
+                why = r["restart_error"]
             lines.append(f"* `{r['case']}` / `{r['method']}`: {why}")
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="half-resolution images, no warm runs")
+    p.add_argument(
+        "--quick", action="store_true",
+        help="half-resolution images, no warm runs, the methods of QUICK_METHODS unless "
+        "--methods is given, --timeout 300 unless given (a few minutes in all)",
+    )  # fmt: skip
     p.add_argument("--cases", nargs="+", choices=CASES, default=None)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=None)
     p.add_argument("--threads", type=int, default=1, help="threads for every library (default 1)")
@@ -852,10 +898,16 @@ def parse_args(argv=None):
         help="warm runs for multireg only (the peers compile nothing: their warm run repeats "
         "the cold one less the import)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-restart", action="store_true",
+        help="skip the JAX rows' restart run (a new process with the first one's compiled "
+        "programs in multireg's cache)",
+    )  # fmt: skip
     p.add_argument("--no-figures", action="store_true")
     p.add_argument(
-        "--timeout", type=float, default=900.0,
-        help="seconds for each run (the cold run and the warm run each get this much)",
+        "--timeout", type=float, default=None,
+        help="seconds for each run (the cold run and the warm run each get this much; "
+        "default 900, 300 with --quick)",
     )  # fmt: skip
     p.add_argument("--out", default=None, help="report path (default bench/out/real.md)")
     p.add_argument("--verbose", action="store_true", help="show the workers' output")
@@ -867,6 +919,11 @@ def parse_args(argv=None):
     p.add_argument("--worker", nargs=3, metavar=("CASE", "METHOD", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.command = " ".join(sys.argv[1:] if argv is None else argv)
+    if args.timeout is None:
+        args.timeout = 300.0 if args.quick else 900.0
+    if args.timeout <= 0:
+        p.error("--timeout must be positive")
     if args.threads < 1:
         p.error("--threads must be at least 1")
     return args
@@ -878,13 +935,14 @@ def main(argv=None) -> dict:
         return worker(*args.worker, args.threads, args.warm)
     if args.quick:
         args.no_warm = True
+    args.load_start = os.getloadavg()[0]
     _threads_env(args.threads)
 
     def progress(msg):
         print(msg, file=sys.stderr, flush=True)
 
     names = args.cases or list(CASES)
-    methods = args.methods or list(METHODS)
+    methods = args.methods or list(QUICK_METHODS if args.quick else METHODS)
     cases, skipped, rows = [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.work or scratch

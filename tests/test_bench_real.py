@@ -131,3 +131,20 @@ def test_the_table_lists_time_outs(tmp_path):
     assert "| timed out at 9 s |" in text.replace("  ", " ")
     assert "* `tiny` / `a`: the warm run had not finished after 9 s" in text
     assert "* `tiny` / `b`: timed out: the cold run had not finished after 9 s" in text
+
+
+@pytest.mark.slow
+def test_jax_rows_time_a_restart_that_finds_the_compiled_programs(tmp_path):
+    pytest.importorskip("jax")
+    case = _tiny_case()
+    args = real.parse_args(["--methods", "multireg-affine-jax", "--no-warm"])
+    rows = real.run_case(case, ["multireg-affine-jax"], args, tmp_path, lambda msg: None)
+    ours = rows[-1]
+    assert ours["status"] in ("converged", "max_iter"), ours.get("traceback", ours["status"])
+    assert ours.get("restart_error") is None, ours["restart_error"]
+    assert ours["cold"] > 0 and ours["restart"] > 0 and ours.get("restart_timeout") is None
+    # the worker's own cache folder, empty before its cold run, holds the compiled programs
+    assert any((tmp_path / "cache" / "tiny-multireg-affine-jax").rglob("*"))
+    args.no_restart = True
+    rows = real.run_case(case, ["multireg-affine-jax"], args, tmp_path, lambda msg: None)
+    assert "restart" not in rows[-1]
