@@ -148,3 +148,14 @@ def test_jax_rows_time_a_restart_that_finds_the_compiled_programs(tmp_path):
     args.no_restart = True
     rows = real.run_case(case, ["multireg-affine-jax"], args, tmp_path, lambda msg: None)
     assert "restart" not in rows[-1]
+
+
+@pytest.mark.slow  # loads the 2-mm template (several seconds on a loaded machine)
+def test_warp_seed_changes_the_known_map_and_not_the_template():
+    pytest.importorskip("nilearn")
+    reported = real.case_mni2d(True, False)
+    other = real.case_mni2d(True, False, seed=116)
+    assert np.array_equal(reported.T, other.T) and np.array_equal(reported.labels_T, other.labels_T)
+    assert np.max(np.abs(reported.u_true - other.u_true)) > 1.0  # mm: another map
+    assert "(seed 16)" in reported.note and "(seed 116)" in other.note
+    assert real.parse_args(["--warp-seed", "116"]).warp_seed == 116
