@@ -20,8 +20,13 @@ Cases (issue 15, points 4 and 5); every one has a known truth:
   exists (4 columns: template x1 x2, reference x1 x2, FAIR's ``LM`` layout). FAIR's images ship
   without it; the case then says so.
 * ``mni-cross``: a cross-template pair, if a second template is given as a NIfTI file in
-  ``$MULTIREG_TEMPLATE2`` (e.g. FSL's avg152T1); nilearn ships only the 2009a template and
-  nothing else needed here loads offline, so by default the case says so.
+  ``$MULTIREG_TEMPLATE2`` (e.g. FSL's avg152T1); by default the case says why not. No second
+  T1 brain volume ships with the installed packages: nilearn's data has the 2009a template
+  (T1, GM, WM) and ``image_10426`` (a 3-mm statistical map, values ±8); nibabel's test data
+  ``anatomical.nii`` covers 66×82×50 mm (part of a head) and ``example4d`` is a 24-slice EPI
+  series; DIPY's files are diffusion volumes of a few slices and one 2-D T1 slice
+  (``t1_coronal_slice.npy``, no spacing); scikit-image's ``brain`` and antspyx's images are
+  downloaded on first use (pooch, figshare).
 
 Methods (one subprocess each, so that "cold" is a fresh process and the peak memory is the
 method's own): antspyx ``ants.registration`` with the presets ``"Affine"`` and ``"SyN"``
@@ -41,15 +46,16 @@ Dice (mean over labels present in both) and HD95 (mm) of the template's labels w
 neighbour against the reference's; TRE ``|y(x_i) − y*(x_i)|``; SDlogJ and % folded voxels of
 det ∇y (central differences, 2 cells cropped per side).
 
-Times: ``cold`` is the first registration in a fresh process including the import of the
-method's library (and JAX's compilation), ``warm`` a second registration in the same process;
-``restart`` (JAX rows) the first registration in a second fresh process that finds the first
-one's compiled programs in multireg's cache (every worker gets its own, initially empty, cache
-folder: ``MULTIREG_CACHE_DIR``), what a user's next run costs;
-``MB`` the process's peak resident memory (``resource.getrusage``). Every library gets
-``--threads`` threads (default 1). ``--timeout`` limits each run on its own (the cold run from
-the worker's start, the warm run from the end of the cold one); a run past it is reported as
-"timed out at N s" in its column, the cold run's row kept when only the warm one ran out.
+Times (the scores are the cold run's result): ``cold`` is the first registration in a fresh
+process including the import of the method's library (and JAX's compilation), ``warm`` a
+second registration in the same process; ``restart`` (JAX rows) the first registration in a
+second fresh process that finds the first one's compiled programs in multireg's cache (every
+worker gets its own, initially empty, cache folder: ``MULTIREG_CACHE_DIR``), what a user's
+next run costs; ``MB`` the process's peak resident memory (``resource.getrusage``). Every
+library gets ``--threads`` threads (default 1). ``--timeout`` limits each run on its own (the
+cold run from the worker's start, the warm run from the end of the cold one); a run past it
+is reported as "timed out at N s" in its column, the cold run's row kept when only the warm
+one ran out.
 """
 
 from __future__ import annotations
@@ -321,7 +327,8 @@ def case_cross(quick, one_mm):
     path = os.environ.get("MULTIREG_TEMPLATE2")
     if not path:
         return (
-            "no second template offline: nilearn ships only ICBM152 2009a; set "
+            "no second T1 template offline (nilearn ships only ICBM152 2009a; the other NIfTI "
+            "files of the installed packages are statistical maps, EPI or partial volumes); set "
             "MULTIREG_TEMPLATE2 to a NIfTI template (e.g. FSL avg152T1) to run it"
         )
     import nibabel as nib
