@@ -27,14 +27,15 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from multireg import _bspline, _checks, optimize
+from multireg import _checks, optimize
 from multireg._backend import resolve_backend
 from multireg.distances import Distance, rescaled
-from multireg.grid import Domain, pyramid_domains, restrict
+from multireg.grid import Domain
 from multireg.interpolation import ImageModel
 from multireg.optimize import Record, Result, Status
 from multireg.optimize._loop import ROUNDOFF
 from multireg.optimize.newton import G_TINY
+from multireg.problems._batch_kernels import kernels, prepare
 from multireg.problems.registration import (
     DISTANCES,
     MAX_ITER,
@@ -256,217 +257,6 @@ def _to_backend(bk, x, dtype, exponent):
 
 def _device(x):
     return array_api_compat.device(x)
-
-
-# -------------------------------------------------------------------------------- kernels
-
-
-def _spline_values(xp, coef, domain: Domain, Y):
-    """The cubic B-spline of each pair's coefficients at that pair's points: coef (pairs, *m),
-    Y (pairs, n, d) in domain units; returns (pairs, n).
-
-    :func:`multireg._bspline.evaluate` (FAIR §3.4) with the pairs' zero-padded coefficients laid
-    end to end in one flat array and each pair's stencil indices offset by its block: every
-    stencil entry is one plain gather of pairs·n values. Mapping the single-pair evaluation
-    with vmap instead turns each gather into a batched gather, which XLA's CPU code ran about
-    5× slower per pair (and torch 3×) at 128².
-    """
-    pairs, m, d = coef.shape[0], domain.m, domain.dim
-    device = _device(coef)
-    itype = _bspline.index_dtype(xp, Y)
-    h = xp.asarray(domain.h, dtype=Y.dtype, device=device)
-    shift = xp.asarray(
-        [a / hk + 0.5 for a, hk in zip(domain.lower, domain.h, strict=True)],
-        dtype=Y.dtype, device=device,
-    )  # fmt: skip
-    xi = Y / h - shift  # index coordinates: cell centres at 0 .. m_k − 1
-    padded = coef
-    for k in range(1, d + 1):
-        shape = list(padded.shape)
-        parts = []
-        for size in (_bspline.PAD_LOW, _bspline.PAD_HIGH):
-            shape[k] = size
-            parts.append(xp.zeros(tuple(shape), dtype=coef.dtype, device=device))
-        padded = xp.concat([parts[0], padded, parts[1]], axis=k)
-    flat = xp.reshape(padded, (-1,))
-    strides = [math.prod(padded.shape[k + 2 :]) for k in range(d)]
-    block = math.prod(padded.shape[1:])
-    n = xi.shape[1]
-    # one flat list of points (pairs·n): gathers with a 2-D index, and reductions of their
-    # (pairs, n) results, compiled to code ~10× slower per pair in XLA (CPU)
-    xi = xp.reshape(xi, (pairs * n, d))
-    corner = xp.reshape(
-        xp.broadcast_to(
-            xp.reshape(xp.arange(pairs, dtype=itype, device=device) * block, (pairs, 1)),
-            (pairs, n),
-        ),
-        (-1,),
-    )
-    weight = []
-    for k in range(d):
-        s = xp.clip(xi[:, k], -2.0, float(m[k] + 1))
-        p = xp.floor(s)
-        p_int = xp.clip(xp.astype(p, itype), -2, m[k] + 1)
-        corner = corner + (p_int + (_bspline.PAD_LOW - 1)) * strides[k]
-        weight.append(_bspline.weights(s - p))
-
-    def axis_sum(k: int, shift: int):
-        total = None
-        for o in range(4):
-            at = shift + o * strides[k]
-            inner = flat[at:][corner] if k == d - 1 else axis_sum(k + 1, at)
-            term = weight[k][o] * inner
-            total = term if total is None else total + term
-        return total
-
-    return xp.reshape(axis_sum(0, 0), (pairs, n))
-
-
-_KERNELS: dict = {}
-
-
-def _kernels(bk, trafo, model, dist, domain) -> dict:
-    """``register``'s parametric level functions for all pairs at once (axis 0 of w, of the
-    template coefficients and of the references), compiled. The spline is
-    evaluated by :func:`_spline_values`; the per-pair rest (map, distance, Jacobians) is the
-    single-pair code under ``vmap``. Keyed by everything they depend on."""
-    key = (bk, trafo, model, dist, domain)
-    if key in _KERNELS:
-        return _KERNELS[key]
-    xp, vmap = bk.xp, bk.vmap
-
-    def points(W, x):
-        return vmap(lambda w: trafo(w, x))(W)
-
-    def values(coef, Y):
-        if model.kind == "spline":
-            return _spline_values(xp, coef, domain, Y)
-        return vmap(lambda c, y: model.evaluate(c, domain, y))(coef, Y)
-
-    def warped(W, coef, x):
-        return xp.reshape(values(coef, points(W, x)), (W.shape[0], *domain.m))
-
-    def J_at(Y, coef, Rc):
-        """J per pair at the pairs' points Y (pairs, n, d)."""
-        T = xp.reshape(values(coef, Y), (Y.shape[0], *domain.m))
-        return vmap(lambda T, R: dist(T, R, domain))(T, Rc)
-
-    def J(W, coef, Rc, x):
-        return J_at(points(W, x), coef, Rc)
-
-    def value_and_grad_at(Y, coef, Rc):
-        """J and ∂J/∂Y per pair (the pairs are independent: one pullback gives all)."""
-        fun, pullback = bk.vjp(lambda U: J_at(U, coef, Rc), Y)
-        return fun, pullback(xp.ones_like(fun))
-
-    def chain(W, dY, fun, x):
-        """∇J = (∂Y/∂w)ᵀ ∂J/∂Y, and [J, ‖∇J‖] per pair."""
-        _, pullback = bk.vjp(lambda V: points(V, x), W)
-        grad = pullback(dY)
-        return grad, xp.stack([fun, xp.linalg.vector_norm(grad, axis=1)], axis=1)
-
-    def image_and_gradient(Y, coef):
-        """T(Y) and the pointwise gradient ∇T(Y): T(y_i) depends on y_i only."""
-        Tc, pullback = bk.vjp(lambda U: values(coef, U), Y)
-        return Tc, pullback(xp.ones_like(Tc))
-
-    def gn_rest(Tc, dT, dy, Rc):
-        """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR book §6.3), as ``register`` forms it."""
-        JT = sum(dT[:, k, None] * dy[:, k, :] for k in range(domain.dim))
-        T0 = xp.reshape(Tc, domain.m)
-        zero = xp.zeros(JT.shape[1], dtype=JT.dtype, device=_device(JT))
-        Jr = bk.jacobian(lambda t: dist.residual(T0 + xp.reshape(JT @ t, domain.m), Rc, domain))(
-            zero
-        )
-        Wt = dist.gn_weight(dist.residual(T0, Rc, domain), Rc, domain)
-        return Jr.T @ ((Wt[:, None] if Wt.ndim else Wt) * Jr)
-
-    def gn_assemble(W, Tc, dT, Rc, x):
-        dy = vmap(lambda w: bk.jacobian(lambda v: trafo(v, x))(w))(W)
-        return vmap(gn_rest)(Tc, dT, dy, Rc)
-
-    def solve(H, grad):
-        """d with H d = −∇J, and [∇Jᵀd, ‖d‖]."""
-        d = xp.linalg.solve(H, -grad[:, None])[:, 0]
-        return d, xp.stack([xp.vecdot(grad, d), xp.linalg.vector_norm(d)])
-
-    def step(W, t, D, x):
-        """An Armijo trial's parameters w + t d and points."""
-        W_t = W + t * D
-        return W_t, points(W_t, x)
-
-    def scale(Rc):
-        """[D(0, R), D(R, R)]: the magnitude of the distance's terms (``register``'s j_scale)."""
-        return xp.stack([dist(xp.zeros_like(Rc), Rc, domain), dist(Rc, Rc, domain)])
-
-    # The interpolation (gathers and, in reverse, scatter-adds over all pairs' points) is
-    # compiled apart from the map and the Jacobians around it: fused into one XLA program with
-    # them, its CPU code ran ~3-8× slower per pair than alone (128², 16 pairs).
-    jit = bk.jit
-    points_k, J_at_k, vg_at_k = jit(points), jit(J_at), jit(value_and_grad_at)
-    chain_k, image_k, assemble_k = jit(chain), jit(image_and_gradient), jit(gn_assemble)
-    step_k = jit(step)
-
-    def value_and_norm(W, coef, Rc, x):
-        fun, dY = vg_at_k(points_k(W, x), coef, Rc)
-        return chain_k(W, dY, fun, x)
-
-    def gn_matrix(W, coef, Rc, x):
-        Tc, dT = image_k(points_k(W, x), coef)
-        return assemble_k(W, Tc, dT, Rc, x)
-
-    def trial(W, t, D, coef, Rc, x):
-        W_t, Y = step_k(W, t, D, x)
-        return W_t, J_at_k(Y, coef, Rc)
-
-    kernels = dict(
-        J=lambda W, coef, Rc, x: J_at_k(points_k(W, x), coef, Rc),
-        value_and_norm=value_and_norm,
-        gn_matrix=gn_matrix,
-        solve=jit(vmap(solve)),
-        solve_one=jit(solve),
-        trial=trial,
-        warped=jit(warped),
-        transform=points_k,
-        scale=jit(vmap(scale)),
-    )
-    _KERNELS[key] = kernels
-    return kernels
-
-
-_PREPARE: dict = {}
-
-
-def _prepare(bk, model, domain: Domain, selected: tuple[Domain, ...], reference: bool):
-    """One pair's data on every selected level, in one compiled call: the image averaged down
-    the pyramid as :func:`multireg.grid.multilevel` does (each level from the next finer one),
-    then the template's coefficients, or the reference as the distance sees it (smoothed with
-    the spline's theta, FAIR). Per pair, not mapped: torch's vmap has no rule for the
-    ``moveaxis`` of the restriction and the coefficient solve."""
-    key = (bk, model, domain, selected, reference)
-    if key in _PREPARE:
-        return _PREPARE[key]
-    xp = bk.xp
-    chain = pyramid_domains(domain, min_size=1)[::-1]  # finest first
-    chain = chain[: chain.index(selected[0]) + 1]
-
-    def prepare(image):
-        out = {}
-        for k, d in enumerate(chain):
-            if d in selected:
-                if not reference:
-                    out[d] = model.coefficients(image)
-                elif model.kind == "spline" and model.theta != 0:  # FAIR smooths R likewise
-                    x = d.cell_centers(xp, dtype=image.dtype, device=_device(image))
-                    out[d] = xp.reshape(model.evaluate(model.coefficients(image), d, x), d.m)
-                else:
-                    out[d] = image
-            if k + 1 < len(chain):
-                image = restrict(image, d, chain[k + 1])
-        return tuple(out[d] for d in selected)
-
-    _PREPARE[key] = bk.jit(prepare)
-    return _PREPARE[key]
 
 
 # ------------------------------------------------------------------------------ the solver
@@ -726,13 +516,13 @@ def _parametric(bk, domain, selected, Tb, Rb, shared, trafo, model, dist, W, uni
     W_id = xp.stack([w_id] * pairs)
     settings = _Settings(y_stop_norm=float(_host(bk, xp.linalg.vector_norm(w_id))), **options)
     selected = tuple(selected)
-    prepare_T = _prepare(bk, model, domain, selected, reference=False)
-    prepare_R = _prepare(bk, model, domain, selected, reference=True)
+    prepare_T = prepare(bk, model, domain, selected, reference=False)
+    prepare_R = prepare(bk, model, domain, selected, reference=True)
     per_T = [prepare_T(Tb[i]) for i in range(pairs)]
     per_R = [prepare_R(Rb)] if shared else [prepare_R(Rb[i]) for i in range(pairs)]
     levels = [[] for _ in range(pairs)]
     for level, d in enumerate(selected):
-        kern = _kernels(bk, trafo, model, dist, d)
+        kern = kernels(bk, trafo, model, dist, d)
         x = d.cell_centers(xp, dtype=dtype, device=device)
         coef = xp.stack([c[level] for c in per_T])
         # one reference for all: repeated, so that every kernel serves both kinds of batch
