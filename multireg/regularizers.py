@@ -27,6 +27,7 @@ import array_api_compat
 
 from multireg.grid import Domain
 from multireg.gridops import (
+    _along,
     _check_domain,
     _diff,
     _diff_adjoint,
@@ -312,6 +313,69 @@ class Curvature(Regularizer):
     @staticmethod
     def _laplacian(v: Any, h: tuple[float, ...]) -> Any:
         return -sum(_diff_adjoint(_diff(v, k, h[k]), k, h[k]) for k in range(len(h)))
+
+    # The registration calls value, gradient and hvp in every iteration (hvp in every CG step):
+    # they apply Δ_h to all d components at once, as one (d, *m) array, with the Neumann rows
+    # from mirrored ghost cells, instead of two differences per axis and component. On an
+    # eager backend (torch) every array operation is dispatched on its own: this is 4x fewer
+    # operations in 2-D (6x in 3-D) and fewer passes over the data. B, Bᵀ and diagonal keep
+    # the block form above (same numbers up to round-off).
+    def _stacked(self, y: Any, domain: Domain, name: str) -> Any:
+        """The stacked vector ``y`` as the (d, *m) array of its components (a view)."""
+        xp = _namespace(name, y)
+        _check_domain(domain)
+        size = domain.dim * math.prod(domain.m)
+        if y.ndim != 1 or y.shape[0] != size:
+            raise ValueError(
+                f"{name} must be a 1-D vector of length {size} (a cell-centered grid function "
+                f"on m = {domain.m}), got shape {tuple(y.shape)}"
+            )
+        return xp.reshape(y, (domain.dim, *domain.m))
+
+    @staticmethod
+    def _laplacian_stacked(v: Any, h: tuple[float, ...]) -> Any:
+        """``Δ_h`` along axes 1..d of ``v`` (shape (d, *m)): per axis, ``(v[j-1] + v[j+1]) / h²``
+        with the ghost values ``v[-1] = v[0]``, ``v[m] = v[m-1]`` (the Neumann rows of
+        ``-DᵀD / h²``), minus ``Σ_k 2/h_k² · v``; an axis with one cell contributes 0."""
+        xp = array_api_compat.array_namespace(v)
+        out, centre = None, 0.0
+        for k, hk in enumerate(h):
+            axis, n = k + 1, v.shape[k + 1]
+            if n == 1:
+                continue
+            first, last = (v[_along(axis, s, v.ndim)] for s in (slice(0, 1), slice(n - 1, n)))
+            padded = xp.concat([first, v, last], axis=axis)
+            lo, hi = (padded[_along(axis, s, v.ndim)] for s in (slice(None, -2), slice(2, None)))
+            term = (lo + hi) * (1.0 / hk**2)
+            out = term if out is None else out + term
+            centre += 2.0 / hk**2
+        return xp.zeros_like(v) if out is None else out - centre * v
+
+    def _stacked_displacement(self, y: Any, domain: Domain, y_ref: Any) -> Any:
+        u = self._stacked(y, domain, "y")
+        if y_ref is None:
+            xp, device = array_api_compat.array_namespace(y), array_api_compat.device(y)
+            y_ref = identity_grid(domain, self.kind, xp, dtype=y.dtype, device=device)
+        return u - self._stacked(y_ref, domain, "y_ref")
+
+    def value(self, y: Any, domain: Domain, y_ref: Any = None) -> Any:
+        """``S(y) = ½ α hd ‖Δ_h (y − y_ref)‖²``, a 0-d array."""
+        b = self._laplacian_stacked(self._stacked_displacement(y, domain, y_ref), domain.h)
+        xp = array_api_compat.array_namespace(y)
+        return (0.5 * self.alpha * domain.cell_volume) * xp.sum(b * b)
+
+    def gradient(self, y: Any, domain: Domain, y_ref: Any = None) -> Any:
+        """``∇S(y) = α hd Δ_h² (y − y_ref)``, a stacked vector like ``y``."""
+        return self._normal_stacked(self._stacked_displacement(y, domain, y_ref), domain)
+
+    def hvp(self, v: Any, domain: Domain) -> Any:
+        """``∇²S v = α hd Δ_h² v`` (Δ_h is symmetric)."""
+        return self._normal_stacked(self._stacked(v, domain, "v"), domain)
+
+    def _normal_stacked(self, u: Any, domain: Domain) -> Any:
+        xp = array_api_compat.array_namespace(u)
+        w = self._laplacian_stacked(self._laplacian_stacked(u, domain.h), domain.h)
+        return xp.reshape((self.alpha * domain.cell_volume) * w, (-1,))
 
     def _blocks(self, u: tuple, h: tuple[float, ...]) -> list:
         return [self._laplacian(ui, h) for ui in u]

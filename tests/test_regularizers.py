@@ -589,3 +589,29 @@ def test_bad_arrays_are_named(np_bk):
         jacobian_determinant(
             np_bk.asarray(identity_grid(single, "cell-centered")), single, "cell-centered"
         )
+
+
+# ------------------------------------------------------------------- operations per product
+
+
+@dims
+def test_curvature_products_dispatch_few_torch_operations(d):
+    """Curvature's value, gradient and Hessian product (one per CG step of a registration) apply
+    Δ_h to all components at once: in 2-D the per-component, per-axis differences dispatched
+    92 operations for hvp (197 in 3-D); the stacked stencil 37 (53). Counted, not timed."""
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as xp
+
+    from tests._torch_ops import count_ops
+
+    domain, reg = DOMAINS[d], REGULARIZERS["curvature"]
+    x = identity_grid(domain, reg.kind, xp, dtype=torch.float64)
+    v = torch.linspace(-1.0, 1.0, x.shape[0], dtype=torch.float64)
+    bound = {2: 45, 3: 65}[d]
+    for name, call in [
+        ("hvp", lambda: reg.hvp(v, domain)),
+        ("gradient", lambda: reg.gradient(x + v, domain, x)),
+        ("value", lambda: reg.value(x + v, domain, x)),
+    ]:
+        total = sum(count_ops(call).values())
+        assert total <= bound, f"{name}: {total} torch operations (at most {bound})"
