@@ -16,14 +16,38 @@ default, in one per-user folder that follows the platform's conventions (``platf
 
 This module imports no framework: the adapters read :func:`cache_dir` when they are created and
 :func:`set_cache_dir` tells the live ones through their ``configure_cache`` method.
+
+Whole programs (issue 13.3). JAX's persistent cache keeps the compiled executable, but it is
+looked up by a hash of the *lowered* program, so every new process still traces and lowers each
+program before the lookup: on FAIR's hands (affine, 32 programs) that was 60 % of a new
+process's first call. :func:`jit` names a program by what determines it instead (a key of
+multireg's own objects, see :func:`program_key`, and the arguments' shapes and dtypes); a
+backend that can keep programs (``jit_stored``: the JAX adapter, in the sub-folder
+``jax-programs``) loads the executable under that name without tracing anything. The key
+includes :func:`fingerprint`, a hash of multireg's source, so editing the code never reuses a
+stale program.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["MAX_BYTES", "cache_dir", "default_cache_dir", "set_cache_dir"]
+__all__ = [
+    "MAX_BYTES",
+    "cache_dir",
+    "default_cache_dir",
+    "fingerprint",
+    "jit",
+    "program_key",
+    "set_cache_dir",
+]
 
 ENV_VAR = "MULTIREG_CACHE_DIR"
 OFF = ("", "0", "off", "none", "false", "no")
@@ -78,3 +102,57 @@ def set_cache_dir(path: str | os.PathLike | None) -> Path | None:
         if configure is not None:
             configure()
     return cache_dir()
+
+
+# ---------------------------------------------------------------------------- whole programs
+
+
+@functools.cache
+def fingerprint() -> str:
+    """A hash of the source of multireg and of its adapters (their ``.py`` files): a kept
+    program is reused only by the code that made it. About 3 ms, once per process."""
+    import multireg
+
+    roots = [Path(multireg.__file__).parent]
+    for name in ("multireg_jax", "multireg_torch", "multireg_numpy"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None:
+            roots.append(Path(spec.origin).parent)
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _own(obj: Any) -> bool:
+    """Is ``obj`` fully described by its repr and by code the fingerprint covers?"""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return True
+    if isinstance(obj, tuple):
+        return all(_own(o) for o in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        module = type(obj).__module__
+        return (module == "multireg" or module.startswith("multireg.")) and all(
+            f.repr and _own(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+        )
+    return repr(obj) == "<data>"  # a hyper-parameter's slot (its value is an argument)
+
+
+def program_key(*parts: Any) -> str | None:
+    """The text that names a program across processes: the parts' reprs, or None when a part
+    is not multireg's own (a user's Transform subclass: its code is not in the fingerprint,
+    and its repr need not tell everything the program depends on)."""
+    if not all(_own(p) for p in parts):
+        return None
+    return repr(parts)
+
+
+def jit(bk: Any, f: Callable, *key: Any) -> Callable:
+    """``bk.jit(f)``, kept between processes under ``key`` where the backend can keep programs
+    and the key is one (:func:`program_key`); ``f`` must be determined by ``key`` and its
+    arguments' shapes and dtypes alone."""
+    stored = getattr(bk, "jit_stored", None)
+    name = program_key(*key) if stored is not None else None
+    return bk.jit(f) if name is None else stored(f, name)

@@ -17,12 +17,25 @@ by the machine, and XLA offers no flag for its size. A 3-D elastic registration 
 ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS``, which XLA reads once, when it starts
 its CPU client: it takes effect only if no JAX computation ran before the backend was created
 (``threads`` then reads 1; otherwise None, XLA's own setting). Larger counts change nothing.
+
+Kept programs: :meth:`JaxBackend.jit_stored` (what :func:`multireg._cache.jit` calls) keeps each
+compiled executable in multireg's cache folder (sub-folder ``jax-programs``) under a name made
+of the caller's key, the arguments' shapes and dtypes, and everything else that changes the
+program (multireg's source fingerprint, the JAX version, 64-bit mode, the device, XLA_FLAGS). A
+new process loads it (``jax.experimental.serialize_executable``) without tracing or lowering,
+which JAX's own persistent cache still does in every process before its look-up. The files are
+pickles of executables, trusted as JAX's own cache files are: the folder is the user's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any
 
 import array_api_compat
@@ -111,6 +124,10 @@ class JaxBackend:
         if not isinstance(x, (np.ndarray, jax.Array)) and not np.isscalar(x):
             if hasattr(x, "__dlpack__"):
                 x = np.from_dlpack(x.detach() if hasattr(x, "detach") else x)
+        if isinstance(x, np.ndarray) or np.isscalar(x):
+            # a host value: device_put copies it; jnp.asarray is a compiled program per dtype
+            # and shape (each one more for a new process to load or compile: issue 13)
+            return jax.device_put(np.asarray(x, dtype=name), device)
         out = self.xp.asarray(x, dtype=getattr(self.xp, name))
         return jax.device_put(out, device) if device is not None else out
 
@@ -142,5 +159,164 @@ class JaxBackend:
     def jit(self, f):
         return self._jax.jit(f)
 
+    def jit_stored(self, f, key: str):
+        """``jax.jit(f)`` whose executables are kept on disk under ``key`` (a text naming
+        what ``f`` computes, given its arguments' shapes and dtypes): see the module's text."""
+        return _Stored(self, self._jax.jit(f), key)
+
+    def _program_folder(self) -> Path | None:
+        from multireg import _cache
+
+        return _cache.cache_dir("jax-programs")
+
+    def _environment(self) -> str:
+        """What changes a program besides its key and arguments (the fixed part once; the
+        settings a ``with`` block may change, each time)."""
+        fixed = self.__dict__.get("_fixed")
+        if fixed is None:
+            import jaxlib
+
+            from multireg import _cache
+
+            device = self._jax.devices()[0]
+            fixed = self._fixed = (
+                _cache.fingerprint(), self._jax.__version__, jaxlib.__version__,
+                device.platform, device.device_kind, os.environ.get("XLA_FLAGS", ""),
+            )  # fmt: skip
+        config = self._jax.config
+        settings = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_dtype_promotion")
+        return repr((fixed, *(getattr(config, name) for name in settings)))
+
     def sync(self, x):
         return self._jax.block_until_ready(x)
+
+
+PROGRAMS_MAX_BYTES = 1024**3
+"""Upper bound of the kept programs' folder; the least recently used files go first."""
+
+
+class _Stored:
+    """A jitted function whose executables are loaded from, and saved to, the programs folder.
+
+    Called with concrete JAX arrays (positional, any pytree), it looks the arguments' shapes and
+    dtypes up in its own table, then on disk, and only then compiles (``lower().compile()``,
+    itself answered by JAX's persistent cache when that holds the program). Called while
+    another function is traced, or with anything but JAX arrays, it is the plain jitted one.
+    """
+
+    __slots__ = ("_array", "_bk", "_flatten", "_jitted", "_key", "_programs")
+
+    def __init__(self, bk: JaxBackend, jitted: Any, key: str) -> None:
+        self._bk, self._jitted, self._key = bk, jitted, key
+        self._programs: dict = {}
+        self._array = type(bk._jax.device_put(np.zeros(())))  # device_put compiles nothing
+        self._flatten = bk._jax.tree_util.tree_flatten
+
+    def __call__(self, *args):
+        leaves, tree = self._flatten(args)
+        signature = [tree]
+        for x in leaves:
+            if type(x) is not self._array:
+                return self._jitted(*args)  # a tracer (nested in a trace) or a host value
+            signature.append((x.shape, x.dtype, x.weak_type))
+        signature = tuple(signature)
+        program = self._programs.get(signature)
+        if program is None:
+            program = self._programs[signature] = self._program(args, signature)
+        return program(*args)
+
+    def _program(self, args, signature):
+        folder = self._bk._program_folder()
+        if folder is None:
+            return self._jitted
+        text = repr((self._key, signature, self._bk._environment()))
+        path = folder / hashlib.sha256(text.encode()).hexdigest()
+        program = _load(path)
+        if program is None:
+            program = _compile_afresh(self._bk._jax, self._jitted.lower(*args))
+            _save(path, program)
+        return program
+
+
+_compile_lock = threading.Lock()
+
+
+def _compile_afresh(jax: Any, lowered: Any) -> Any:
+    """Compile with JAX's persistent cache off: an executable that JAX loaded from that cache
+    serialises incompletely (jaxlib 0.10.2 on CPU: the loaded copy then fails with "Function
+    iota_multiply_fusion not found"). The cache is turned off and on process-wide, under a lock
+    (another thread compiling meanwhile only misses JAX's cache)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    config = jax.config
+    with _compile_lock:
+        if not config.jax_enable_compilation_cache:
+            return lowered.compile()
+        config.update("jax_enable_compilation_cache", False)
+        compilation_cache.reset_cache()  # JAX decides once whether its cache is used
+        try:
+            return lowered.compile()
+        finally:
+            config.update("jax_enable_compilation_cache", True)
+            compilation_cache.reset_cache()
+
+
+def _load(path: Path):
+    from jax.experimental import serialize_executable
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    try:
+        lapack, payload = pickle.loads(data)
+        if lapack:
+            _initialize_lapack()
+        program = serialize_executable.deserialize_and_load(*payload)
+    except Exception:  # a damaged or foreign file: compile anew and replace it
+        return None
+    try:
+        os.utime(path)  # recently used: evicted last
+    except OSError:
+        pass
+    return program
+
+
+def _initialize_lapack() -> None:
+    """Point XLA's LAPACK custom calls at their functions, which JAX does lazily while it
+    lowers a linear-algebra operation (it takes them from SciPy): an executable loaded without
+    lowering would call a null pointer (a segmentation fault, seen with the spline's solve)."""
+    from jax._src.lax import linalg  # no public API does this
+
+    linalg.initialize_lapack()
+
+
+def _save(path: Path, program: Any) -> None:
+    """Write atomically (concurrent processes may save the same program); a program that
+    cannot be serialised (one with constants captured from the host) is just not kept."""
+    from jax.experimental import serialize_executable
+
+    try:
+        lapack = "lapack_" in program.as_text()
+        data = pickle.dumps((lapack, serialize_executable.serialize(program)))
+    except Exception:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
+            f.write(data)
+        os.replace(f.name, path)
+        _evict(path.parent)
+    except OSError:
+        pass
+
+
+def _evict(folder: Path) -> None:
+    """Keep the folder under :data:`PROGRAMS_MAX_BYTES`, least recently used first."""
+    files = [(p.stat(), p) for p in folder.iterdir() if p.is_file()]
+    total = sum(s.st_size for s, _ in files)
+    for s, p in sorted(files, key=lambda e: e[0].st_mtime):
+        if total <= PROGRAMS_MAX_BYTES:
+            break
+        p.unlink(missing_ok=True)
+        total -= s.st_size

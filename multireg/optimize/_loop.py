@@ -19,6 +19,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from multireg import _cache
+from multireg._dtypes import float_dtype_name
 from multireg.optimize import _options
 from multireg.optimize._objective import Objective
 from multireg.optimize._result import Record, Result, Status
@@ -142,8 +144,12 @@ def iterate(
 
     def evaluate(x):
         t = time.perf_counter()
-        fun, grad = objective.value_and_grad(x)
-        fun_h, grad_norm = host(bk, compiled(bk, value_and_norm)(fun, grad))
+        if objective.value_grad_norm is not None:
+            fun, grad, stats = objective.value_grad_norm(x)
+        else:
+            fun, grad = objective.value_and_grad(x)
+            stats = compiled(bk, value_and_norm)(fun, grad)
+        fun_h, grad_norm = host(bk, stats)
         timings["objective"] += time.perf_counter() - t
         return fun_h, grad, grad_norm
 
@@ -164,10 +170,11 @@ def iterate(
     else:
         (j_stop,) = host(bk, objective.value(x_stop))
         nfev += 1
-    (y_stop_norm,) = host(bk, compiled(bk, norm)(x_stop))
+    # once per solve, on the host: a compiled norm would be one more program per shape
+    y_stop_norm = float(np.linalg.norm(np.asarray(bk.to_numpy(x_stop), dtype=np.float64)))
     if settings.j_scale is not None:
         g_tiny = g_tiny * settings.j_scale / (1 + y_stop_norm)
-    eps = float(array_api_compat.array_namespace(x).finfo(x.dtype).eps)
+    eps = float(np.finfo(float_dtype_name(None, x)).eps)  # on the host: no program for it
     if settings.verbose:
         print(f"{name}: J(x0) = {fun:.6e}, Jstop = {j_stop:.6e}, ‖x_stop‖ = {y_stop_norm:.6e}")
         print(_HEADER)
@@ -262,7 +269,12 @@ def host(bk: Any, values: Array) -> list[float]:
 @functools.cache
 def compiled(bk: Any, kernel: Callable) -> Callable:
     """``bk.jit(kernel)``, built once per backend and kernel (``jax.jit`` then traces it once
-    per shape and dtype): the solvers' per-iteration arithmetic runs as a few compiled calls."""
+    per shape and dtype): the solvers' per-iteration arithmetic runs as a few compiled calls.
+    A kernel of multireg's own (a module-level function, no closure) is kept between
+    processes under its module and name (:func:`multireg._cache.jit`)."""
+    module = getattr(kernel, "__module__", None) or ""
+    if getattr(kernel, "__closure__", True) is None and module.startswith("multireg."):
+        return _cache.jit(bk, kernel, module, kernel.__qualname__)
     return bk.jit(kernel)
 
 

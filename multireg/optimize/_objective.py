@@ -59,6 +59,10 @@ class Objective:
     ``hessian(x)`` is the curvature model (Gauss–Newton for least squares), used by
     :func:`gauss_newton` and :func:`trust_region`; ``exact_hessian(x)`` is ∇²J(x), used by
     :func:`newton`. ``curvature`` names the model: ``"gauss-newton"``, ``"exact"`` or ``"user"``.
+
+    ``value_grad_norm(x)``, optional, returns (J, ∇J, [J, ‖∇J‖]) from one compiled program;
+    without it the optimisers stack [J, ‖∇J‖] in a program of their own, one more per shape
+    (which a new JAX process loads or compiles: issue 13).
     """
 
     bk: Any
@@ -67,6 +71,7 @@ class Objective:
     hessian: Callable[[Array], LinearOperator]
     exact_hessian: Callable[[Array], LinearOperator]
     curvature: str
+    value_grad_norm: Callable[[Array], tuple[Array, Array, Array]] | None = None
 
 
 def least_squares(

@@ -6,7 +6,6 @@ per iteration (the step's curvature and the residual norm) for the stopping test
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from multireg.optimize import _options
 from multireg.optimize._loop import axpy, compiled, host
 from multireg.optimize._objective import LinearOperator
 
-__all__ = ["CGResult", "SteihaugResult", "cg", "steihaug_cg"]
+__all__ = ["CGResult", "SteihaugResult", "cg", "descent_direction", "steihaug_cg"]
 
 Array = Any
 
@@ -65,16 +64,55 @@ def cg(
     ``preconditioner``: ``"jacobi"`` (divide by diag(A) when the operator knows it; entries
     ≤ 0 are left unscaled), ``None``, or a callable v ↦ M⁻¹v.
     """
+    return _pcg(bk, A, b, rtol=rtol, max_iter=max_iter, preconditioner=preconditioner)
+
+
+def descent_direction(
+    bk: Any, A: LinearOperator, g: Array, *, rtol: float, max_iter: int
+) -> CGResult:
+    """:func:`cg` for A d = −g with the Jacobi preconditioner, without forming −g apart: the
+    sign and the preconditioner's set-up are part of CG's first kernel (each separate
+    operation would be one more compiled program per shape, which a new JAX process loads)."""
+    return _pcg(bk, A, g, rtol=rtol, max_iter=max_iter, preconditioner="jacobi", negate=True)
+
+
+def _pcg(
+    bk: Any,
+    A: Any,
+    b: Array,
+    *,
+    rtol: float,
+    max_iter: int | None,
+    preconditioner: Any,
+    negate: bool = False,
+) -> CGResult:
     op = _operator(A)
     _check_vector("b", b)
     _options.nonnegative("rtol", rtol)
     max_iter = 10 * b.shape[0] if max_iter is None else _options.count("max_iter", max_iter)
-    apply_m = _preconditioner(bk, op, preconditioner)
-    update, direction = compiled(bk, _cg_update), compiled(bk, _cg_direction)
+    update = compiled(bk, _cg_update)
+    jacobi = _check_preconditioner(preconditioner) == "jacobi" and op.diagonal is not None
+    if jacobi:  # z = b / diag(A): the preconditioner's set-up and the sign in the first kernel
+        start = _cg_start_jacobi_negated if negate else _cg_start_jacobi
+        x, r, p, rz, bb, inverse = compiled(bk, start)(b, op.diagonal)
+        dir_kernel = compiled(bk, _cg_direction_jacobi)
 
-    r = b
-    p = apply_m(r)
-    x, rz, bb = compiled(bk, _cg_start)(r, p)
+        def direction(r, p, rz):
+            return dir_kernel(r, p, rz, inverse)
+
+    else:
+        apply_m = _preconditioner(preconditioner)
+        if apply_m is None:
+            x, r, p, rz, bb = compiled(bk, _cg_start_negated if negate else _cg_start)(b)
+        else:
+            r = compiled(bk, _negative)(b) if negate else b
+            p = apply_m(r)
+            x, rz, bb = compiled(bk, _cg_start_preconditioned)(r, p)
+        dir_kernel = compiled(bk, _cg_direction)
+
+        def direction(r, p, rz):
+            return dir_kernel(r, r if apply_m is None else apply_m(r), p, rz)
+
     b_norm = r_norm = math.sqrt(host(bk, bb)[0])
     if b_norm == 0:
         return CGResult(
@@ -100,7 +138,7 @@ def cg(
                 converged=True,
                 negative_curvature=False,
             )
-        p, rz = direction(r, apply_m(r), p, rz)
+        p, rz = direction(r, p, rz)
     return CGResult(
         x=x,
         iterations=max_iter,
@@ -175,16 +213,48 @@ def _cg_update(x, r, p, Ap, rz):
     return x + alpha * p, r_new, xp.stack([pAp, xp.linalg.vector_norm(r_new)])
 
 
-def _cg_start(b, z):
+def _cg_start_preconditioned(b, z):
     """x = 0, rᵀz and ‖b‖² for r = b."""
     xp = array_api_compat.array_namespace(b)
     return xp.zeros_like(b), xp.vecdot(b, z), xp.vecdot(b, b)
+
+
+def _cg_start(b):
+    """x = 0, r = p = b, rᵀr twice (unpreconditioned)."""
+    xp = array_api_compat.array_namespace(b)
+    bb = xp.vecdot(b, b)
+    return xp.zeros_like(b), b, b, bb, bb
+
+
+def _cg_start_negated(b):
+    return _cg_start(-b)
+
+
+def _cg_start_jacobi(b, diagonal):
+    """x = 0, r = b, p = z = M⁻¹b with M = diag(A) (Jacobi), rᵀz, ‖b‖² and M⁻¹."""
+    xp = array_api_compat.array_namespace(b)
+    inverse = _jacobi(diagonal)
+    z = inverse * b
+    return xp.zeros_like(b), b, z, xp.vecdot(b, z), xp.vecdot(b, b), inverse
+
+
+def _cg_start_jacobi_negated(b, diagonal):
+    return _cg_start_jacobi(-b, diagonal)
 
 
 def _cg_direction(r, z, p, rz):
     """The next direction z + β p with β = rᵀz / rz_old, and rᵀz."""
     rz_new = array_api_compat.array_namespace(r).vecdot(r, z)
     return z + (rz_new / rz) * p, rz_new
+
+
+def _cg_direction_jacobi(r, p, rz, inverse):
+    """:func:`_cg_direction` with z = M⁻¹r (Jacobi) in the same kernel."""
+    return _cg_direction(r, inverse * r, p, rz)
+
+
+def _negative(b):
+    return -b
 
 
 def _steihaug_update(z, r, d, Ad, rr):
@@ -218,10 +288,6 @@ def _jacobi(diagonal):
     return xp.where(positive, 1 / xp.where(positive, diagonal, 1), 1)
 
 
-def _multiply(a, b):
-    return a * b
-
-
 def _to_boundary(zz: float, zd: float, dd: float, radius: float) -> float:
     """The root τ ≥ 0 of ‖z + τ d‖ = radius for ‖z‖ < radius (cancellation-free form)."""
     c = zz - radius * radius
@@ -241,20 +307,20 @@ def _operator(A: Any) -> LinearOperator:
     )
 
 
-def _preconditioner(bk: Any, op: LinearOperator, preconditioner: Any) -> Callable[[Array], Array]:
+def _check_preconditioner(preconditioner: Any) -> Any:
     if isinstance(preconditioner, str):
         _options.choice("preconditioner", preconditioner, ("jacobi",))
-        if op.diagonal is None:
-            return lambda v: v
-        inverse = compiled(bk, _jacobi)(op.diagonal)
-        return functools.partial(compiled(bk, _multiply), inverse)
-    if preconditioner is None:
-        return lambda v: v
-    if callable(preconditioner):
-        return preconditioner
-    raise TypeError(
-        f"preconditioner must be 'jacobi', None or a callable, not {type(preconditioner).__name__}"
-    )
+    elif preconditioner is not None and not callable(preconditioner):
+        raise TypeError(
+            "preconditioner must be 'jacobi', None or a callable, "
+            f"not {type(preconditioner).__name__}"
+        )
+    return preconditioner
+
+
+def _preconditioner(preconditioner: Any) -> Callable[[Array], Array] | None:
+    """The callable v ↦ M⁻¹v, or None for none ('jacobi' without a known diagonal)."""
+    return preconditioner if callable(preconditioner) else None
 
 
 def _check_vector(name: str, v: Any) -> None:

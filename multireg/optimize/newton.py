@@ -19,7 +19,7 @@ import array_api_compat
 from multireg.optimize import _loop, _options
 from multireg.optimize._objective import LinearOperator, Objective
 from multireg.optimize._result import Record, Result, Status
-from multireg.optimize.cg import cg
+from multireg.optimize.cg import descent_direction
 from multireg.optimize.linesearch import armijo
 
 __all__ = ["gauss_newton", "newton"]
@@ -215,7 +215,7 @@ def _solve(
 ) -> tuple[Array, int]:
     """d with H d = −grad, and the CG iterations spent (0 for a dense solve)."""
     if H.matrix is None:
-        result = cg(bk, H, -grad, rtol=cg_rtol, max_iter=cg_max_iter)
+        result = descent_direction(bk, H, grad, rtol=cg_rtol, max_iter=cg_max_iter)
         return result.x, result.iterations
     try:
         return _loop.compiled(bk, _newton_step)(H.matrix, grad), 0

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from multireg import gridops, optimize
+from multireg import _cache, gridops, optimize
+from multireg._dtypes import float_dtype_name
 from multireg.grid import Domain, Level, multilevel
 from multireg.interpolation import ImageModel
 from multireg.optimize import LinearOperator, Objective
@@ -92,13 +93,18 @@ def _split_data(obj: Any) -> tuple[Any, dict]:
     return _with_fields(obj, dict.fromkeys(values, _SLOT)), values
 
 
-def _hyper_arrays(xp: Any, values: dict, dtype: Any, device: Any) -> dict:
+def _hyper_arrays(xp: Any, values: dict, dtype: Any, device: Any, bk: Any = None) -> dict:
     """The values of :func:`_split_data` as 0-d arrays of the computation's dtype (a float64
-    value would promote a float32 computation)."""
+    value would promote a float32 computation). Given the backend ``bk``, made on the host and
+    copied over (``bk.asarray``): converting a Python number with JAX's ``asarray`` is a
+    compiled program of its own (one more for every new process to load or compile)."""
+    host_dtype = float_dtype_name(dtype)
 
     def array(v):
         if isinstance(v, tuple):
-            return tuple(xp.asarray(e, dtype=dtype, device=device) for e in v)
+            return tuple(array(e) for e in v)
+        if bk is not None:
+            return bk.asarray(np.asarray(v, dtype=host_dtype), device=device)
         return xp.asarray(v, dtype=dtype, device=device)
 
     return {name: array(v) for name, v in values.items()}
@@ -115,10 +121,10 @@ class Problem:
     hyper: dict = field(compare=False, hash=False)
 
     @staticmethod
-    def of(xp, model, dist, reg, dtype, device) -> Problem:
+    def of(bk, model, dist, reg, dtype, device) -> Problem:
         parts = [_split_data(o) for o in (model, dist, reg)]
         hyper = {
-            key: _hyper_arrays(xp, values, dtype, device)
+            key: _hyper_arrays(bk.xp, values, dtype, device, bk)
             for key, (_, values) in zip(("model", "dist", "reg"), parts, strict=True)
         }
         return Problem(*(s for s, _ in parts), hyper=hyper)
@@ -136,7 +142,11 @@ class Problem:
 def compiled(bk: Any, fn: Callable, *static: Any, **options: Any) -> Callable:
     """``bk.jit`` of ``fn(x, *static, **options)`` as a function of x alone (static: hashable
     sizes, domains, kinds): one program instead of an eager dispatch per operation."""
-    return bk.jit(lambda x: fn(x, *static, **options))
+    program = lambda x: fn(x, *static, **options)  # noqa: E731
+    if getattr(fn, "__closure__", True) is not None:  # not named by its module and name
+        return bk.jit(program)
+    key = (fn.__module__, fn.__qualname__, static, tuple(sorted(options.items())))
+    return _cache.jit(bk, program, *key)
 
 
 @functools.lru_cache(maxsize=32)
@@ -149,7 +159,7 @@ def _pyramid_kernel(bk: Any, domain: Domain, selected: tuple[Domain, ...]) -> Ca
         levels = multilevel(domain, T, R, min_size=coarsest)
         return tuple(lv.images for lv in levels if lv.domain in selected)
 
-    return bk.jit(build)
+    return _cache.jit(bk, build, "pyramid", domain, selected)
 
 
 def image_pyramid(bk: Any, domain: Domain, selected: list[Domain], T: Any, R: Any) -> list[Level]:
@@ -238,7 +248,8 @@ def parametric_kernels(bk, trafo, model, dist, domain):
         return warped(w, hyper, coef, x), trafo(w, x)
 
     def value_and_grad(w, hyper, coef, Rc, x):
-        return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, x))(w)
+        """J, ∇J and [J, ‖∇J‖] (what the optimiser reads on the host): one program."""
+        return _with_norm(xp, *bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, x))(w))
 
     def gn_matrix(w, hyper, coef, Rc, x):
         """J_rᵀ W J_r with J_r = dr · dT · dy (FAIR's factorisation, book §6.3): one pullback
@@ -253,7 +264,7 @@ def parametric_kernels(bk, trafo, model, dist, domain):
             lambda t: dist_.residual(T0 + xp.reshape(JT @ t, domain.m), Rc, domain)
         )(zero)
         W = dist_.gn_weight(dist_.residual(T0, Rc, domain), Rc, domain)
-        return Jr.T @ ((W[:, None] if W.ndim else W) * Jr)
+        return _with_diagonal(xp, Jr.T @ ((W[:, None] if W.ndim else W) * Jr))
 
     def gn_matvec(w, v, hyper, coef, Rc, x):
         dist_ = bound(hyper)[1]
@@ -262,12 +273,14 @@ def parametric_kernels(bk, trafo, model, dist, domain):
         return pullback(dist_.gn_weight(r, Rc, domain) * jv)
 
     def hessian(w, hyper, coef, Rc, x):
-        return bk.hessian(lambda v: J(v, hyper, coef, Rc, x))(w)
+        return _with_diagonal(xp, bk.hessian(lambda v: J(v, hyper, coef, Rc, x))(w))
 
     def hvp(w, v, hyper, coef, Rc, x):
         return bk.hvp(lambda u: J(u, hyper, coef, Rc, x), w, v)
 
-    jit = bk.jit
+    def jit(f):  # kept between processes, named by this configuration (see _cache.jit)
+        return _cache.jit(bk, f, "parametric", f.__name__, trafo, model, dist, domain)
+
     return dict(
         setup=jit(setup),
         result=jit(result),
@@ -280,26 +293,41 @@ def parametric_kernels(bk, trafo, model, dist, domain):
     )
 
 
+def _with_norm(xp, fun, grad):
+    return fun, grad, xp.stack([fun, xp.linalg.vector_norm(grad)])
+
+
+def _with_diagonal(xp, H):
+    """H and diag(H), computed in H's program (eagerly, the diagonal is a program of its own)."""
+    return H, xp.linalg.diagonal(H)
+
+
+def _dense(H_and_diagonal) -> LinearOperator:
+    H, diagonal = H_and_diagonal
+    return LinearOperator(matvec=lambda v: H @ v, diagonal=diagonal, matrix=H)
+
+
 def parametric_objective(bk, kernels, data, n_params) -> Objective:
     dense = n_params <= optimize.DENSE_MAX
 
     def gauss_newton(w):
         if dense:
-            return LinearOperator.from_matrix(kernels["gn_matrix"](w, *data))
+            return _dense(kernels["gn_matrix"](w, *data))
         return LinearOperator(matvec=lambda v: kernels["gn_matvec"](w, v, *data))
 
     def exact(w):
         if dense:
-            return LinearOperator.from_matrix(kernels["hessian"](w, *data))
+            return _dense(kernels["hessian"](w, *data))
         return LinearOperator(matvec=lambda v: kernels["hvp"](w, v, *data))
 
     return Objective(
         bk=bk,
         value=lambda w: kernels["J"](w, *data),
-        value_and_grad=lambda w: kernels["value_and_grad"](w, *data),
+        value_and_grad=lambda w: kernels["value_and_grad"](w, *data)[:2],
         hessian=gauss_newton,
         exact_hessian=exact,
         curvature="gauss-newton",
+        value_grad_norm=lambda w: kernels["value_and_grad"](w, *data),
     )
 
 
@@ -369,7 +397,8 @@ def nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=N
         return dist_(warped, Rc, domain), yc, warped, det
 
     def value_and_grad(y, hyper, coef, Rc, y_ref):
-        return bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, y_ref))(y)
+        """J, ∇J and [J, ‖∇J‖] (what the optimiser reads on the host): one program."""
+        return _with_norm(xp, *bk.value_and_grad(lambda v: J(v, hyper, coef, Rc, y_ref))(y))
 
     def linearise(y, hyper, coef, Rc, reg_diag):
         """Pointwise image gradients dT (n, d), the residual and its GN weight at y, and the
@@ -412,7 +441,10 @@ def nonparametric_kernels(bk, model, dist, reg: Regularizer, domain, pre_trafo=N
     def hvp(y, v, hyper, coef, Rc, y_ref):
         return bk.hvp(lambda u: J(u, hyper, coef, Rc, y_ref), y, v)
 
-    jit = bk.jit
+    def jit(f):  # kept between processes, named by this configuration (see _cache.jit)
+        key = ("nonparametric", f.__name__, model, dist, reg, domain, pre_trafo)
+        return _cache.jit(bk, f, *key)
+
     return dict(
         setup=jit(setup),
         result=jit(result),
@@ -503,7 +535,8 @@ def nonparametric_objective(bk, kernels, problem, domain, data, y_ref, reg_diag)
     return Objective(
         bk=bk,
         value=lambda y: kernels["J"](y, hyper, coef, Rc, y_ref),
-        value_and_grad=lambda y: kernels["value_and_grad"](y, hyper, coef, Rc, y_ref),
+        value_and_grad=lambda y: kernels["value_and_grad"](y, hyper, coef, Rc, y_ref)[:2],
+        value_grad_norm=lambda y: kernels["value_and_grad"](y, hyper, coef, Rc, y_ref),
         hessian=gauss_newton,
         exact_hessian=lambda y: LinearOperator(
             matvec=lambda v: kernels["hvp"](y, v, hyper, coef, Rc, y_ref)

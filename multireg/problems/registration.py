@@ -356,7 +356,7 @@ def register(
     started = time.perf_counter()
     pyramid = image_pyramid(bk, domain, selected, Tb, Rb)
     # α, μ, λ, θ and the distance's parameters are the kernels' data, not their cache key
-    problem = Problem.of(bk.xp, model, dist, reg, Tb.dtype, device_of(Tb))
+    problem = Problem.of(bk, model, dist, reg, Tb.dtype, device_of(Tb))
 
     units = Units(exponent, power)
     if nonparametric:
