@@ -1,12 +1,15 @@
 """Many registrations: a serial loop vs register_batch, and register_many on a process pool and on
 Dask (issue 16).
 
-    python bench/scale.py [--quick] [--pairs N] [--backend jax|torch] [--workers 2]
-                          [--no-executors] [--out PATH]
+    python bench/scale.py [--quick] [--pairs N] [--pairs-3d N] [--no-3d] [--backend jax|torch]
+                          [--workers 2] [--no-executors] [--out PATH]
 
-Pairs: a synthetic series (blobs moved by small random affine maps, seed 0), 2-D 128² (and 3-D
-32³ unless --quick), each registered affine MLPIR (θ = 1e-2, 3 levels). Rows, side by side in one
-run: the loop in this process (warm: after one pair compiled the kernels), register_batch in this
+Pairs: synthetic series (an image moved by small random affine maps, seed 0) in two cases, 2-D
+128² (blobs; 64 pairs, 16 with --quick) and 3-D 64³ (three Gaussian blobs; 16 pairs, 4 with
+--quick: one 64³ pair takes ~5 s serially on a 2-core machine, so 64 pairs would take over 5
+minutes per row and the five rows most of an hour; the table gives each case's pair count),
+each registered affine MLPIR (θ = 1e-2, 3 levels). Rows, side by side in one run, per case:
+the loop in this process (warm: after one pair compiled the kernels), register_batch in this
 process (all pairs in one batch onto the one reference; first call, which compiles its kernels,
 and warm), register_many on a spawned process pool of ``--workers`` processes, and on a Dask
 ``LocalCluster`` with as many single-threaded worker processes (if dask.distributed is
@@ -119,13 +122,19 @@ def executors(workers: int):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2-D only, 16 pairs")
-    p.add_argument("--pairs", type=int, default=None, help="pairs per case (default 64)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="16 pairs 2-D 128², 4 pairs 3-D 64³ (a few minutes)"
+    )
+    p.add_argument("--pairs", type=int, default=None, help="2-D 128² pairs (default 64)")
+    p.add_argument("--pairs-3d", type=int, default=None, help="3-D 64³ pairs (default 16)")
+    p.add_argument("--no-3d", action="store_true", help="the 2-D case only")
     p.add_argument("--backend", default="jax", choices=("jax", "torch"))
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="pool and Dask worker processes")
     p.add_argument("--no-executors", action="store_true", help="no pool and Dask rows")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="write the table here (default: bench/out/scale.md)")
     args = p.parse_args(argv)
     # one thread everywhere, here as in the workers (register_many sends the same): the JAX
     # adapter then turns off XLA's multithreading in both, the compiled programs' cache keys
@@ -140,12 +149,18 @@ def main(argv=None) -> int:
     from multireg.problems.batch import register_batch
     from multireg.workflow.many import register_many
 
-    n = args.pairs or (16 if args.quick else 64)
-    cases = [("2-D 128²", (128, 128))] + ([] if args.quick else [("3-D 32³", (32, 32, 32))])
+    for name in ("pairs", "pairs_3d", "workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    n2 = args.pairs or (16 if args.quick else 64)
+    n3 = args.pairs_3d or (4 if args.quick else 16)
+    cases = [("2-D 128²", (128, 128), n2)]
+    if not args.no_3d:
+        cases.append(("3-D 64³", (64, 64, 64), n3))
     options = dict(transform="affine", theta=1e-2, levels=3)
     rows = []
     started = time.perf_counter()
-    for label, m in cases:
+    for label, m, n in cases:
         pairs, omega = series(n, m)
         print(f"case {label}: {n} pairs, backend {args.backend}", flush=True)
         multireg.register(*pairs[0], omega, backend=args.backend, **options)  # compile
@@ -157,7 +172,7 @@ def main(argv=None) -> int:
         w_loop = np.stack([bk.to_numpy(r.w) for r in loop])
         rss_self = _peak_mb()
         rows.append({
-            "case": label, "how": "loop in one process (warm)", "workers": 1,
+            "case": label, "pairs": n, "how": "loop in one process (warm)", "workers": 1,
             "wall": f"{t_loop:.1f} s", "pairs/s": f"{n / t_loop:.2f}", "vs loop": "1.00",
             "peak MB / worker": f"{rss_self:.0f} (this process)", "max |Δw|": "0",
             "failed": sum(r.status.value != "converged" for r in loop),
@@ -174,7 +189,7 @@ def main(argv=None) -> int:
             same = all(r.iterations == x.iterations and r.status is x.status
                        for r, x in zip(res, loop, strict=True))  # fmt: skip
             rows.append({
-                "case": label, "how": f"register_batch, one batch, {run}", "workers": 1,
+                "case": label, "pairs": n, "how": f"register_batch, one batch, {run}", "workers": 1,
                 "wall": f"{t:.1f} s", "pairs/s": f"{n / t:.2f}", "vs loop": f"{t_loop / t:.2f}",
                 "peak MB / worker": f"{_peak_mb():.0f} (this process)",
                 "max |Δw|": f"{dw:.1e}" + ("" if same else " (iterations or statuses differ)"),
@@ -192,7 +207,7 @@ def main(argv=None) -> int:
                     t = time.perf_counter() - t0
                     dw = float(np.max(np.abs(np.stack([r.w for r in res]) - w_loop)))
                     rows.append({
-                        "case": label, "how": f"register_many, {how}, {run}",
+                        "case": label, "pairs": n, "how": f"register_many, {how}, {run}",
                         "workers": args.workers, "wall": f"{t:.1f} s", "pairs/s": f"{n / t:.2f}",
                         "vs loop": f"{t_loop / t:.2f}", "peak MB / worker": f"{memory():.0f}",
                         "max |Δw|": f"{dw:.1e}", "failed": sum(not r.ok for r in res),
@@ -200,12 +215,13 @@ def main(argv=None) -> int:
                     print("  " + " | ".join(map(str, rows[-1].values())), flush=True)
 
     elapsed = time.perf_counter() - started
-    columns = ["case", "how", "workers", "wall", "pairs/s", "vs loop", "peak MB / worker",
+    columns = ["case", "pairs", "how", "workers", "wall", "pairs/s", "vs loop", "peak MB / worker",
                "max |Δw|", "failed"]  # fmt: skip
     text = "\n".join([
         "# Many registrations: loop vs register_batch vs register_many",
         "",
-        f"{n} pairs per case, affine MLPIR (θ = 1e-2, 3 levels), backend {args.backend}, "
+        f"{', '.join(f'{n} pairs {label}' for label, _, n in cases)}, affine MLPIR "
+        f"(θ = 1e-2, 3 levels), backend {args.backend}, "
         f"1 thread per worker, {os.cpu_count()} CPUs; {elapsed:.0f} s in all. register_batch "
         "evaluates every pair's kernels in one call per step (peak memory: this process's high-"
         "water mark so far, loop included). Each executor runs the pairs "
