@@ -91,3 +91,37 @@ def test_changing_the_ngf_edge_traces_nothing_new():
         other = register(T, R, OMEGA, distance=NGF(edge=5.0), **options)
     assert sum(counted.values()) == 0, dict(counted)
     assert other.distance != first.distance
+
+
+@pytest.fixture
+def no_kept_programs():
+    """Cache off for the test (every program is traced in this process, none loaded), restored
+    afterwards."""
+    import multireg
+    from multireg import _backend, _cache
+
+    saved = _cache._override
+    multireg.set_cache_dir(None)
+    yield
+    _cache._override = saved
+    for bk in list(_backend._instances.values()):  # as set_cache_dir tells the live backends
+        if hasattr(bk, "configure_cache"):
+            bk.configure_cache()
+
+
+def test_a_registration_runs_few_programs(no_kept_programs):
+    """Every program is one more for a new process to load (or trace, lower and compile):
+    a 2-level elastic registration runs, per level, its own kernels (set-up, J, ∇J with
+    [J, ‖∇J‖], the GN pieces, the result) and three CG kernels, and no eager operation of
+    its own (each of those is a program too). It ran 49 before issue 13.3's cuts, now 32."""
+    shape = (18, 22)  # shapes no other test here uses: traced afresh
+    T, _ = blobs(shape, OMEGA, n_blobs=5, seed=3)
+    R = np.roll(T, (1, -1), axis=(0, 1))
+    options = dict(transform="nonparametric", regularizer="elastic", alpha=10.0, backend="jax")
+    with traces() as counted:
+        register(T, R, OMEGA, levels=2, **options)
+    eager = {"convert_element_type", "_identity_fn", "broadcast_in_dim", "diagonal", "negative"}
+    assert not eager & set(counted), dict(counted)
+    helpers = {"value_and_norm", "norm", "_jacobi", "_multiply"}  # fused into other kernels
+    assert not helpers & set(counted), dict(counted)
+    assert sum(counted.values()) <= 34, dict(counted)
