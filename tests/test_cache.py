@@ -108,3 +108,35 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
         assert multireg.cache_dir() is None
     with pytest.raises(TypeError, match="path"):
         multireg.set_cache_dir(3)
+
+
+# What a new process imports for `multireg register` (JAX): the framework and what the images
+# and the computation need (SciPy included: JAX's CPU LAPACK calls, the spline's solve, come
+# from it), nothing that only other commands, formats or displays use.
+IMPORTS = r"""
+import sys
+import numpy as np
+from multireg.__main__ import main
+folder = sys.argv[1]
+x = np.linspace(-1, 1, 16)
+np.save(folder + "/T.npy", np.exp(-8 * ((x[:, None] - 0.2) ** 2 + (x[None, :] + 0.1) ** 2)))
+np.save(folder + "/R.npy", np.exp(-8 * (x[:, None] ** 2 + x[None, :] ** 2)))
+code = main(["register", folder + "/T.npy", folder + "/R.npy", "--transform", "translation",
+             "--backend", "jax", "--quiet", "--out", folder + "/out"])
+print(code, *sorted({m.partition(".")[0] for m in sys.modules}))
+"""
+NOT_NEEDED = {"matplotlib", "SimpleITK", "nibabel", "torch", "skimage", "pandas", "tqdm", "PIL"}
+
+
+def test_register_on_the_command_line_imports_only_what_it_uses(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MULTIREG_CACHE"))}
+    env["MULTIREG_CACHE_DIR"] = str(tmp_path / "cache")
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORTS, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    code, *modules = out.stdout.split()
+    assert code in ("0", "3")
+    assert "jax" in modules  # the check sees the process's imports
+    assert not NOT_NEEDED & set(modules), sorted(NOT_NEEDED & set(modules))

@@ -483,14 +483,17 @@ class _Progress:
     """tqdm bars on stderr, one per (stage, level) or per run; off when quiet or not a TTY."""
 
     def __init__(self, quiet: bool, total: int | None = None, unit: str = "it"):
-        self.enabled = not quiet
+        # tqdm draws nothing where stderr is not a terminal (disable=None): it is not even
+        # imported then, nor with --quiet (0.1-0.3 s less for a scripted one-off)
+        self.enabled = not quiet and sys.stderr.isatty()
         self.total, self.unit = total, unit
         self.bar, self.key = None, None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self.enabled = False
-            tqdm = None
+        tqdm = None
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                self.enabled = False
         self._tqdm = tqdm
 
     def _open(self, key, desc: str, total: int | None) -> None:
