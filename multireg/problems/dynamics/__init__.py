@@ -60,7 +60,8 @@ Biomed. 26 (2013) 1004–1027 (the two-compartment model).
 
 The package: :mod:`.models` (the intensity models and their kernels), :mod:`.problem` (motions,
 residual, :func:`build` and the input checks), :mod:`.solver` (:func:`solve`, :func:`fit`, the
-baselines) and :mod:`.phantom` (the synthetic series); every public name is importable from
+baselines), :mod:`.search` (the coarse translation search that globalises the per-frame
+motions) and :mod:`.phantom` (the synthetic series); every public name is importable from
 ``multireg.problems.dynamics``.
 """
 
@@ -92,6 +93,7 @@ from multireg.problems.dynamics.problem import (
     Problem,
     build,
 )
+from multireg.problems.dynamics.search import SEARCH_RADIUS, SEARCH_STARTS
 from multireg.problems.dynamics.solver import (
     DynamicsResult,
     FrameByFrame,
@@ -112,6 +114,8 @@ __all__ = [
     "METHODS",
     "MODELS",
     "MOTIONS",
+    "SEARCH_RADIUS",
+    "SEARCH_STARTS",
     "Basis",
     "DynamicsResult",
     "FrameByFrame",

@@ -36,6 +36,12 @@ from multireg.problems.dynamics.problem import (
     _pair,
     _validate,
 )
+from multireg.problems.dynamics.search import (
+    SEARCH_RADIUS,
+    best_rows,
+    translation_columns,
+    translation_search,
+)
 from multireg.problems.separable.inner import check_tolerances
 from multireg.problems.separable.problem import assemble_parameters, free_parameters
 from multireg.problems.separable.projection import joint_check
@@ -236,6 +242,7 @@ def solve(
     unrolled_iterations: int = 50,
     fov: bool | float = True,
     levels: int | None = None,
+    search: bool | float | None = None,
     callback: Callable | None = None,
     verbose: bool = False,
 ) -> DynamicsResult:
@@ -289,8 +296,8 @@ def solve(
         (:meth:`Problem.reduced_gram`). False: every cell counts, zero read outside ω (the study's
         objective). A known limit of the normalised form (ITK's too): far from the truth a
         small overlap of uniform tissue can score well; an exhaustive translation search at the
-        coarsest level (24×10 cells) picked such shifts (±24 mm) for some frames, so the solve
-        relies on the coarse-to-fine Gauss–Newton path instead.
+        coarsest level (24×10 cells) picked such shifts (±24 mm) for some frames when trusted
+        alone, so ``search`` refines several candidates and compares refined minima.
     levels
         Coarse-to-fine levels of the coupled solve (FAIR's multilevel strategy, §9.4): the
         frames and masks averaged onto grids halved per level (:func:`multireg.grid.restrict`),
@@ -298,6 +305,18 @@ def solve(
         :data:`COARSE_ITERATIONS` × ``max_iter`` iterations (they are cheap). Default: down
         to about 8 cells on the shorter axis when starting from the identity (w0 None),
         else 1.
+    search
+        Globalisation of every frame's motion on the coarsest level
+        (:mod:`multireg.problems.dynamics.search`): after that level's coupled solve, each
+        frame's translation is searched exhaustively on a one-cell grid within ± ``search`` ×
+        ω's extent per axis (the linear fit redone per candidate, all frames at once), the
+        coupled solve run again from the best offsets, and each frame keeps whichever local
+        minimum has the lower data term (FLIRT's coarse search then local optimisation, Jenkinson
+        & Smith 2001). Measured on ±20 mm phantoms (bench/dynamics.py, development seeds): the
+        coarse Gauss–Newton path alone left single frames 25 mm off in another basin, which ruined
+        the curves (48 % cortex error). Default (None): :data:`SEARCH_RADIUS` (a third of the
+        field of view) when starting from the identity (``w0`` None), else off; False or 0:
+        off. Affine and rigid motion only.
     theta
         The frames' spline smoothing weight (FAIR §3.6; 0 interpolates).
     max_iter, tol_j, tol_y, tol_g, inner_rtol, inner_max_iter, unrolled_iterations
@@ -339,6 +358,7 @@ def solve(
         if w0 == "ssd" and motion == "nonparametric":
             raise ValueError("w0='ssd' needs affine or rigid motion")
     fov = _fov_width(fov)
+    radius = _search_radius(search, w0, motion)
     domains = _level_domains(inp.domain, levels, default=1 if _given(w0) else None)
     # everything else, the model's needs included, before the pre-registration's 30-40 s
     _checked(inp, spec, motion, w0, p, beta, theta, inner_rtol, inner_max_iter)
@@ -366,14 +386,24 @@ def solve(
     # motion: measured on large_motion_phantom (±20 mm), 20 iterations at 24×10 left frames in
     # a wrong basin that 100 left for the finer levels to refine
     coarse_run = dict(run, options=dict(options, max_iter=COARSE_ITERATIONS * max_iter))
-    for domain in domains[:-1]:
-        P, res = _coupled(_restricted(inp, domain), w_level, build, coarse_run)
-        w_level = res.w
-        coarse.append(f"{domain.m[0]}×{domain.m[1]}: {res.status.name.lower()}, "
-                      f"{res.iterations} it")  # fmt: skip
-    if coarse:
-        timings["coarse_levels"] = time.perf_counter() - t_level
-    P, res = _coupled(inp, w_level, build, run)
+    for i, domain in enumerate(domains):
+        last = i == len(domains) - 1
+        level_inp = inp if last else _restricted(inp, domain)
+        level_run = run if last else coarse_run
+        if last and i:
+            timings["coarse_levels"] = time.perf_counter() - t_level
+        P, res = _coupled(level_inp, w_level, build, level_run)
+        note = ""
+        if i == 0 and radius:
+            t_search = time.perf_counter()
+            P, res, note = _globalised(level_inp, P, res, radius, build, level_run)
+            timings["search"] = time.perf_counter() - t_search
+        if not last:
+            w_level = res.w
+            coarse.append(f"{domain.m[0]}×{domain.m[1]}: {res.status.name.lower()}, "
+                          f"{res.iterations} it{note}")  # fmt: skip
+        elif note:
+            coarse.append(f"{domain.m[0]}×{domain.m[1]}:{note}")
     timings["solve"] = time.perf_counter() - t_level
     timings["total"] = time.perf_counter() - started
     message = res.result.message
@@ -392,6 +422,40 @@ def solve(
         timings={**timings, **{f"solver_{k}": v for k, v in res.timings.items()}},
         sep=res,
     )
+
+
+def _search_radius(search: Any, w0: Any, motion: str) -> float:
+    """The translation search's radius (a fraction of ω's extent; 0: no search)."""
+    if search is None:
+        return SEARCH_RADIUS if not _given(w0) and translation_columns(motion) else 0.0
+    if search is False:
+        return 0.0
+    if search is True:
+        search = SEARCH_RADIUS
+    if not isinstance(search, (int, float, np.integer, np.floating)):
+        raise TypeError(f"search must be True, False, None or a fraction, not {search!r}")
+    if not math.isfinite(search) or not 0 <= search <= 1:
+        raise ValueError(f"search must be a fraction in [0, 1], got {search!r}")
+    if search and not translation_columns(motion):
+        raise ValueError(f"search needs affine or rigid motion, not {motion!r}")
+    return float(search)
+
+
+def _globalised(inp: _Input, P: Problem, res, radius: float, build: dict, run: dict):
+    """The translation search after a level's solve (:mod:`.search`): (problem, result, note).
+    One coupled solve per start; each frame keeps the local minimum with the lowest data term;
+    where they mix, the coupled solve runs once more from the mixture so that the motions and
+    the fit belong together."""
+    solutions = [(P, res)]
+    for start in translation_search(P, res.w, radius):
+        solutions.append(_coupled(inp, start, build, run))
+    w, origin = best_rows([(P_j, r.w, r.f) for P_j, r in solutions])
+    origin = [int(i) for i in origin[list(P.separable.free)]]
+    note = "; search: frames from start " + ",".join(str(i) for i in origin)
+    if len(set(origin)) == 1:
+        return (*solutions[origin[0]], note)
+    P_c, res_c = _coupled(inp, w, build, run)
+    return P_c, res_c, note
 
 
 def _given(w0: Any) -> bool:
