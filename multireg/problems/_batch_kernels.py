@@ -15,7 +15,17 @@ import array_api_compat
 from multireg import _bspline
 from multireg.grid import Domain, pyramid_domains, restrict
 
-__all__ = ["kernels", "prepare"]
+__all__ = ["RETRACING", "kernels", "prepare"]
+
+RETRACING = ("jax",)
+"""Backends whose compiled kernels are traced once per input shape: there the pairs still
+iterating are padded to a power of 4 (or all pairs), so that a level compiles each kernel for
+at most log4(pairs) + 2 sizes while a straggler costs at most 4× its own work."""
+CHUNK_POINTS = 2**18
+"""The kernels take the pairs in chunks of at most this many points (a power of 4 of pairs:
+16 pairs at 128², 1 at 64³): per pair, 64 pairs at 128² in one call ran 2-5× slower than 16
+(XLA's CPU code and torch alike, the stencil's and the Jacobians' arrays no longer in cache),
+and a chunk bounds the memory of a large batch."""
 
 
 def device_of(x):
@@ -88,21 +98,23 @@ def spline_values(xp, coef, domain: Domain, Y, *, gradient: bool = False):
         if gradient:
             # outside (−2, m_k + 1) the spline is 0 (the clip's derivative); b'(±2) = 0 on it
             slope.append(_weight_slopes(s - p))
-    terms = 1 + d if gradient else 1
 
     def axis_sum(k: int, at0: int):
-        """[T, ∂T/∂ξ_0, …] summed over axes k.. of the stencil (ξ: index coordinates)."""
-        totals = [None] * terms
+        """The stencil summed over axes k..d−1: [T, ∂T/∂ξ_k, …, ∂T/∂ξ_{d−1}] (ξ: index
+        coordinates), or [T]. An axis's weight slopes enter only its own derivative, so each
+        partial sum is formed once (a derivative along a later axis reuses the inner sums)."""
+        totals = None
         for o in range(4):
             at = at0 + o * strides[k]
-            if k == d - 1:
-                inner = [flat[at:][corner]] * terms
+            inner = [flat[at:][corner]] if k == d - 1 else axis_sum(k + 1, at)
+            w = weight[k][o]
+            terms = [w * inner[0]]
+            if gradient:
+                terms += [slope[k][o] * inner[0]] + [w * v for v in inner[1:]]
+            if totals is None:
+                totals = terms
             else:
-                inner = axis_sum(k + 1, at)
-            for j in range(terms):
-                w = slope[k][o] if j == k + 1 else weight[k][o]
-                term = w * inner[j]
-                totals[j] = term if totals[j] is None else totals[j] + term
+                totals = [a + b for a, b in zip(totals, terms, strict=True)]
         return totals
 
     sums = axis_sum(0, 0)
@@ -219,19 +231,61 @@ def kernels(bk, trafo, model, dist, domain) -> dict:
         W_t, Y = step_k(W, t, D, x)
         return W_t, distance_k(values_k(coef, Y), Rc)
 
+    chunk = 1
+    while chunk * 4 * domain.n <= CHUNK_POINTS:
+        chunk *= 4
+    chunked = _chunked(xp, chunk, pad=bk.name in RETRACING)
     out = dict(
-        J=J,
-        value_and_norm=value_and_norm,
-        gn_matrix=gn_matrix,
+        J=chunked(J, 3),
+        value_and_norm=chunked(value_and_norm, 3),
+        gn_matrix=chunked(gn_matrix, 3),
         solve=jit(vmap(solve)),
         solve_one=jit(solve),
-        trial=trial,
-        warped=jit(warped),
-        transform=points_k,
+        trial=chunked(trial, 5),
+        warped=chunked(jit(warped), 2),
+        transform=chunked(points_k, 1),
         scale=jit(vmap(scale)),
     )
     _KERNELS[key] = out
     return out
+
+
+def _chunked(xp, chunk: int, pad: bool):
+    """``f(*batched, *shared)`` (the first ``count`` arguments with the pairs on axis 0) applied
+    to at most ``chunk`` pairs at a time, the results joined; with ``pad`` a short last chunk is
+    padded to a power of 4 (repeating its last pair; the copies' results are dropped), so that
+    a retracing backend sees no new sizes."""
+
+    def wrap(f, count: int):
+        def chunked(*args):
+            pairs = args[0].shape[0]
+            if pairs <= chunk:
+                return f(*args)
+            parts = []
+            for lo in range(0, pairs, chunk):
+                size = min(chunk, pairs - lo)
+                rows = list(range(lo, lo + size))
+                if pad:
+                    full = 1
+                    while full < size:
+                        full *= 4
+                    rows += [rows[-1]] * (full - size)
+                if len(rows) == size:
+                    batched = [a[lo : lo + size] for a in args[:count]]
+                else:
+                    index = xp.asarray(rows, device=device_of(args[0]))
+                    batched = [xp.take(a, index, axis=0) for a in args[:count]]
+                out = f(*batched, *args[count:])
+                parts.append(out if isinstance(out, tuple) else (out,))
+            joined = tuple(
+                xp.concat([p[k][: min(chunk, pairs - i * chunk)] for i, p in enumerate(parts)])
+                for k in range(len(parts[0]))
+            )
+            return joined if isinstance(out, tuple) else joined[0]
+
+        return chunked
+
+    return wrap
 
 
 _PREPARE: dict = {}

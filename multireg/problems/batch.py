@@ -35,7 +35,7 @@ from multireg.interpolation import ImageModel
 from multireg.optimize import Record, Result, Status
 from multireg.optimize._loop import ROUNDOFF
 from multireg.optimize.newton import G_TINY
-from multireg.problems._batch_kernels import kernels, prepare
+from multireg.problems._batch_kernels import RETRACING, kernels, prepare
 from multireg.problems.registration import (
     DISTANCES,
     MAX_ITER,
@@ -52,10 +52,6 @@ __all__ = ["register_batch"]
 
 LS_REDUCTION, LS_MAX_TRIALS = 1e-4, 10
 """Armijo's sufficient-decrease constant and trial count, FAIR's (and ``register``'s) defaults."""
-_RETRACING = ("jax",)
-"""Backends whose compiled kernels are traced once per input shape: there the pairs still
-iterating are padded to a power of 4 (or all pairs), so that a level compiles each kernel for
-at most log4(pairs) + 2 sizes while a straggler costs at most 4× its own work."""
 
 
 def register_batch(
@@ -311,7 +307,7 @@ class _Rows:
 
     def __init__(self, bk, device):
         self.xp, self.device = bk.xp, device
-        self.pad = bk.name in _RETRACING
+        self.pad = bk.name in RETRACING
 
     def select(self, chosen: np.ndarray, total: int) -> np.ndarray:
         idx = np.asarray(chosen, dtype=np.int64)

@@ -13,6 +13,7 @@ from multireg._backend import _instance
 from multireg.data import blobs
 from multireg.grid import Domain
 from multireg.optimize import Status
+from multireg.problems import _batch_kernels
 from multireg.problems._batch_kernels import spline_values
 from multireg.problems.batch import register_batch
 from tests.conftest import AD_BACKENDS
@@ -116,6 +117,18 @@ def test_one_reference_per_template_and_a_start(ad_bk):
     options = dict(OPTIONS, w0=w0)
     batch = register_batch([R] * 4, Rs, omega, backend=ad_bk.name, **options)
     loop = [multireg.register(R, Ri, omega, backend=ad_bk.name, **options) for Ri in Ts[1:]]
+    _same(batch, loop, ad_bk)
+
+
+def test_pairs_in_chunks_equal_the_loop(ad_bk, monkeypatch):
+    """Kernels that take the pairs in chunks (here of 4 on the 32² level: 4 + 3, the short one
+    padded on JAX) give the loop's results, the pairs in their order."""
+    monkeypatch.setattr(_batch_kernels, "CHUNK_POINTS", 4 * M[0] * M[1])
+    monkeypatch.setattr(_batch_kernels, "_KERNELS", {})
+    Ts, R, omega = _series()
+    Ts = Ts + Ts[3:] + Ts[1:2]  # 7 pairs, the last ones repeated in another order
+    batch = register_batch(Ts, R, omega, backend=ad_bk.name, **OPTIONS)
+    loop = [multireg.register(T, R, omega, backend=ad_bk.name, **OPTIONS) for T in Ts]
     _same(batch, loop, ad_bk)
 
 
