@@ -140,6 +140,13 @@ def add_parser(commands) -> None:
         help="--init coarse-to-fine: number of grids (default: down to about 8 cells)",
     )
     g.add_argument(
+        "--no-search",
+        action="store_true",
+        help="--init coarse-to-fine/identity: skip the coarsest level's translation search (by "
+        "default each frame's translation is searched within a third of the field of view and "
+        "its best candidates refined, against local minima under large motion)",
+    )
+    g.add_argument(
         "--no-fov",
         action="store_true",
         help="keep cells whose point leaves a frame's field of view in its data term (the old "
@@ -241,6 +248,10 @@ def run_dynamics(args: argparse.Namespace, backend: Any = None) -> tuple[Command
         options["masks"] = masks
     if args.levels is not None and args.init != "coarse-to-fine":
         raise UsageError(f"--levels goes with --init coarse-to-fine, not --init {args.init}")
+    if args.no_search and args.init == "preregister":
+        raise UsageError("--no-search goes with --init coarse-to-fine or identity")
+    if args.no_search:
+        options["search"] = False
     if args.init == "identity":
         options["w0"] = "identity"
     elif args.init == "preregister":

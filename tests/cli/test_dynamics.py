@@ -56,6 +56,7 @@ def test_dynamics_phantom_and_frames_from_a_file(tmp_path, capsys):
         (("--init", "preregister"), {"w0": "ssd"}),
         (("--init", "identity"), {"w0": "identity"}),
         (("--no-fov",), {"fov": False}),
+        (("--no-search",), {"search": False}),
     ],
 )
 def test_dynamics_init_says_what_the_solver_gets(tmp_path, capsys, monkeypatch, argv, expected):
@@ -73,7 +74,7 @@ def test_dynamics_init_says_what_the_solver_gets(tmp_path, capsys, monkeypatch, 
     code, _, _ = _run(capsys, "dynamics", "--phantom", "--phantom-m", "16,16", "--n-frames", "3",
                       "--out", tmp_path / "o", "--backend", FAST, "-q", *argv)  # fmt: skip
     assert code == 130
-    for key in ("w0", "levels", "fov"):
+    for key in ("w0", "levels", "fov", "search"):
         assert seen.get(key, "absent") == expected.get(key, "absent"), key
 
 
@@ -82,6 +83,7 @@ def test_dynamics_init_says_what_the_solver_gets(tmp_path, capsys, monkeypatch, 
     [
         ("--init", "identity", "--levels", "2"),
         ("--init", "preregister", "--motion", "nonparametric"),
+        ("--init", "preregister", "--no-search"),
     ],
 )
 def test_dynamics_init_conflicts_are_usage_errors(tmp_path, capsys, argv):
