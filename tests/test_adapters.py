@@ -167,6 +167,23 @@ def test_jax_one_thread_turns_off_xla_multithreading():
 # ------------------------------------------------------------- torch's derivatives (issue 13.5)
 
 
+def _torch_example(bk):
+    """x, v, a function f with a constant factor (a plain tensor) and a scalar J of it."""
+    import torch
+
+    x = bk.asarray(np.linspace(0.5, 1.5, 6))
+    v = bk.asarray(np.linspace(-1.0, 1.0, 6))
+    c = bk.asarray(np.linspace(2.0, 3.0, 6))
+
+    def f(z):
+        return c * torch.sin(z) * z
+
+    def J(z):
+        return torch.sum(f(z) * z)
+
+    return x, v, f, J
+
+
 def test_torch_derivatives_run_no_python_decompositions():
     """torch's forward mode runs an operation between a dual tensor and a plain one (here the
     constant c) through Python reference decompositions (``prims::`` operations, ~250 µs each
@@ -177,15 +194,7 @@ def test_torch_derivatives_run_no_python_decompositions():
     from torch.profiler import profile
 
     bk = _instance("torch")
-    x = bk.asarray(np.linspace(0.5, 1.5, 6))
-    v = bk.asarray(np.linspace(-1.0, 1.0, 6))
-    c = bk.asarray(np.linspace(2.0, 3.0, 6))
-
-    def f(z):
-        return c * torch.sin(z) * z
-
-    def J(z):
-        return torch.sum(f(z) * z)
+    x, v, f, J = _torch_example(bk)
 
     with profile() as prof:
         out, jv = bk.jvp(f, x, v)
@@ -202,6 +211,51 @@ def test_torch_derivatives_run_no_python_decompositions():
     torch.testing.assert_close(hess, ref_hess)
     torch.testing.assert_close(hv, ref_hess @ v)
     torch.testing.assert_close(jac, torch.func.jacfwd(f)(x))
+
+
+def test_torch_top_level_derivatives_skip_torch_func():
+    """Called outside any torch.func transform, the adapter's value_and_grad and jvp use plain
+    torch.autograd: torch.func's wrappers cost about 60 µs more per call, paid on every
+    optimiser step and every CG product of a registration (issue 13.5). Inside a transform
+    (vmap, grad) they still compose. Checked by recording which torch.func transforms run."""
+    _needs("torch")
+    import torch
+
+    bk = _instance("torch")
+    used = []
+
+    class Recording:
+        def __getattr__(self, name):
+            transform = getattr(torch.func, name)
+
+            def recorded(*args, **kwargs):
+                used.append(name)
+                return transform(*args, **kwargs)
+
+            return recorded
+
+    bk._func = Recording()
+    x, v, f, J = _torch_example(bk)
+    c = bk.asarray(np.linspace(2.0, 3.0, 6))
+    value, grad = bk.value_and_grad(J)(x)
+    out, jv = bk.jvp(f, x, v)
+    calls = [name for name in used if name != "grad_and_value"]  # built, not called
+    assert calls == [], calls
+    assert not (value.requires_grad or grad.requires_grad or out.requires_grad or jv.requires_grad)
+    torch.testing.assert_close(value, J(x))
+    torch.testing.assert_close(grad, torch.func.grad(J)(x))
+    ref_out, ref_jv = torch.func.jvp(f, (x,), (v,))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(jv, ref_jv)
+    # an output that does not depend on the input: zeros, as torch.func gives
+    torch.testing.assert_close(bk.jvp(lambda z: c, x, v)[1], torch.zeros_like(v))
+    torch.testing.assert_close(bk.value_and_grad(lambda z: c.sum())(x)[1], torch.zeros_like(x))
+    # inside transforms the torch.func path composes
+    batched = torch.func.vmap(lambda w: bk.jvp(f, x, w)[1])(torch.stack([v, 2.0 * v]))
+    torch.testing.assert_close(batched[1], 2.0 * ref_jv)
+    hess_row = torch.func.grad(lambda z: bk.value_and_grad(J)(z)[1][0])(x)
+    torch.testing.assert_close(hess_row, torch.func.hessian(J)(x)[0])
+    assert "vjp" in used
 
 
 def test_compiled_kernels_receive_varying_numbers_as_arrays():

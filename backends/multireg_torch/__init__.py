@@ -91,16 +91,53 @@ class TorchBackend:
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()
 
+    def _top_level(self, *arrays) -> bool:
+        """No torch.func transform is active and no input carries an autograd graph: plain
+        ``torch.autograd`` then computes what ``torch.func`` would, without its wrappers (about
+        60 µs per call of ``grad_and_value``/``vjp`` against 30 µs, on every optimiser step and
+        on every CG product of a nonparametric registration)."""
+        torch = self._torch
+        if torch._C._functorch.maybe_current_level() is not None:
+            return False
+        return not any(isinstance(a, torch.Tensor) and a.requires_grad for a in arrays)
+
+    def _autograd(self, outputs, inputs, cotangents, *, create_graph=False):
+        """``torch.autograd.grad`` that gives zeros, as ``torch.func`` does, for an output that
+        does not depend on the input."""
+        if not outputs.requires_grad:
+            return self._torch.zeros_like(inputs)
+        (g,) = self._torch.autograd.grad(
+            outputs, inputs, cotangents, create_graph=create_graph, materialize_grads=True
+        )
+        return g
+
     def value_and_grad(self, f):
         grad_and_value = self._func.grad_and_value(f)
+        torch = self._torch
 
         def value_and_grad(x):
+            if self._top_level(x):
+                x_ = x.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    v = f(x_)
+                    g = self._autograd(v, x_, torch.ones_like(v))
+                return v.detach(), g
             g, v = grad_and_value(x)
             return v, g
 
         return value_and_grad
 
     def jvp(self, f, x, v):
+        torch = self._torch
+        if self._top_level(x, v):
+            # J v as the vjp of u ↦ Jᵀu (see _transpose), with plain autograd
+            x_ = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                out = f(x_)
+                u = torch.zeros_like(out, requires_grad=True)
+                g = self._autograd(out, x_, u, create_graph=True)
+                jv = self._autograd(g, u, v)
+            return out.detach(), jv
         out, pull_back = self._transpose(f, x)
         return out, pull_back(v)
 
