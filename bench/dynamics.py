@@ -293,8 +293,9 @@ LARGE_MOTION = [
 QUICK_LARGE_MOTION = [("study", 0, 12.0), ("kidneys", 1, 12.0), ("late", 2, 20.0)]
 # the study's regime (issue 14: rms displacement ≈ 13 cells, 6–22 per frame) on a 192×80 grid
 # (1 mm cells): ±15 mm translation gives rms 12.5–14.6 cells, 5–22 per frame. Evaluation seeds
-# 10–15; the solver's settings (the translation search's radius) were chosen on the development
-# seeds 100–102 (±20 mm, 96×40), which no table reports.
+# 10–15; the solver's settings (the translation search: radius, 3 refined starts 2 cells apart)
+# were chosen on development phantoms no table reports: large_motion_phantom ±20 mm, 96×40 × 25
+# frames, seeds 100–104, and 48×20 × 6 frames, pattern kidneys, seeds 0–5.
 STUDY_REGIME = [
     ("study", 10, 15.0), ("kidneys", 11, 15.0), ("late", 12, 15.0), ("weak", 13, 15.0),
     ("study", 14, 15.0), ("kidneys", 15, 15.0),

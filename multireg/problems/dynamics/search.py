@@ -35,8 +35,8 @@ from multireg.problems.dynamics.models import _host
 
 Array = Any
 # The default search radius, a fraction of ω's extent per axis: a third of the field of view
-# (an organ moved farther than that leaves it; chosen on the development phantoms of
-# bench/dynamics.py, seeds 100–102, never on the evaluation seeds).
+# (an organ moved farther than that leaves it; chosen on the development phantoms named in
+# bench/dynamics.py, never on its evaluation seeds).
 SEARCH_RADIUS = 1.0 / 3.0
 # Local refinements per frame: from its best few candidate translations (FLIRT refines its best
 # few search candidates too) ...
