@@ -111,9 +111,7 @@ def set_cache_dir(path: str | os.PathLike | None) -> Path | None:
 def fingerprint() -> str:
     """A hash of the source of multireg and of its adapters (their ``.py`` files): a kept
     program is reused only by the code that made it. About 3 ms, once per process."""
-    import multireg
-
-    roots = [Path(multireg.__file__).parent]
+    roots = [Path(__file__).parent]  # the multireg package
     for name in ("multireg_jax", "multireg_torch", "multireg_numpy"):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin is not None:
