@@ -8,7 +8,10 @@ Pairs: synthetic series (an image moved by small random affine maps, seed 0) in 
 128² (blobs; 64 pairs, 16 with --quick) and 3-D 64³ (three Gaussian blobs; 16 pairs, 4 with
 --quick: one 64³ pair takes ~5 s serially on a 2-core machine, so 64 pairs would take over 5
 minutes per row and the five rows most of an hour; the table gives each case's pair count),
-each registered affine MLPIR (θ = 1e-2, 3 levels). Rows, side by side in one run, per case:
+each registered affine MLPIR (θ = 1e-2, 3 levels). --quick takes a few minutes with torch; with
+JAX the first batched call at 64³ also compiles the 3-D kernels (~3 min on a loaded 2-core
+machine; JAX's compilation cache keeps them for the next run). Rows, side by side in one
+run, per case:
 the loop in this process (warm: after one pair compiled the kernels), register_batch in this
 process (all pairs in one batch onto the one reference; first call, which compiles its kernels,
 and warm), register_many on a spawned process pool of ``--workers`` processes, and on a Dask
