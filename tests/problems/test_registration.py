@@ -451,13 +451,13 @@ def test_the_preconditioner_is_the_exact_diagonal_of_the_gauss_newton_matrix(
     and PCG chaotic enough for torch and JAX to disagree. Checked against the dense matrix."""
     module = importlib.import_module("multireg.optimize.newton")  # the module, not the function
     captured = []
-    real_cg = module.cg
+    real_solve = module.descent_direction  # Jacobi PCG on A d = -g
 
-    def spy(bk, A, b, **options):
-        captured.append((A, b.shape[0]))
-        return real_cg(bk, A, b, **options)
+    def spy(bk, A, g, **options):
+        captured.append((A, g.shape[0]))
+        return real_solve(bk, A, g, **options)
 
-    monkeypatch.setattr(module, "cg", spy)
+    monkeypatch.setattr(module, "descent_direction", spy)
     T, domain = blobs((8, 6), (0.0, 1.0, 0.0, 0.75), n_blobs=3, seed=4)
     R = np.exp(-2 * _smoothly_deformed(T, domain, 0.05))  # another contrast, as PET vs CT
     register(
