@@ -67,6 +67,15 @@ def ad_bk(request):
 
 
 @pytest.fixture(scope="session")
+def one_ad_bk():
+    """One differentiating backend, torch first (it compiles nothing): for the long algorithm
+    tests whose agreement across backends other tests check on smaller problems."""
+    if not AD_BACKENDS:
+        pytest.skip("needs a differentiating backend")
+    return _instance("torch" if "torch" in AD_BACKENDS else AD_BACKENDS[0])
+
+
+@pytest.fixture(scope="session")
 def strict_bk():
     """The NumPy reference backend running on array_api_strict (proves standard-only code)."""
     strict = pytest.importorskip("array_api_strict")
