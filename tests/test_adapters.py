@@ -71,9 +71,12 @@ def test_asarray_accepts_every_numpy_layout_and_never_writes_to_it(name, case):
     assert out.shape == a.shape
     np.testing.assert_array_equal(out, a.astype(_expected_dtype(a)))
     # the converted array computes like any other
+    # (float32 sums of terms that cancel: the error scales with Σ|a|, not with the sum)
+    scale = 2.0 * float(np.sum(np.abs(a), dtype=np.float64))
     np.testing.assert_allclose(
-        float(bk.to_numpy(bk.xp.sum(x * 2.0))), 2.0 * float(np.sum(a, dtype=np.float64)), rtol=1e-6
-    )
+        float(bk.to_numpy(bk.xp.sum(x * 2.0))), 2.0 * float(np.sum(a, dtype=np.float64)),
+        rtol=1e-6, atol=1e-6 * scale,
+    )  # fmt: skip
     # and the user's array is as it was: values, flags
     base = a.base if a.base is not None else a
     np.testing.assert_array_equal(base, pristine)
@@ -211,55 +214,6 @@ def test_torch_derivatives_run_no_python_decompositions():
     torch.testing.assert_close(hess, ref_hess)
     torch.testing.assert_close(hv, ref_hess @ v)
     torch.testing.assert_close(jac, torch.func.jacfwd(f)(x))
-
-
-def test_torch_top_level_derivatives_skip_torch_func():
-    """Called outside any torch.func transform, the adapter's jvp and vjp use plain
-    torch.autograd: torch.func's wrappers cost about 60 µs more per call, paid in every CG
-    product of a nonparametric registration (issue 13.5). Inside a transform (vmap, grad) they
-    still compose. Checked by recording which torch.func transforms run."""
-    _needs("torch")
-    import torch
-
-    bk = _instance("torch")
-    used = []
-
-    class Recording:
-        def __getattr__(self, name):
-            transform = getattr(torch.func, name)
-
-            def recorded(*args, **kwargs):
-                used.append(name)
-                return transform(*args, **kwargs)
-
-            return recorded
-
-    bk._func = Recording()
-    x, v, f, J = _torch_example(bk)
-    c = bk.asarray(np.linspace(2.0, 3.0, 6))
-    out, jv = bk.jvp(f, x, v)
-    out_vjp, pullback = bk.vjp(f, x)
-    vjps = [pullback(v), pullback(2.0 * v)]  # a pullback may be called more than once
-    assert used == [], used
-    torch.testing.assert_close(out_vjp, ref_out := f(x))
-    ref_vjp = torch.func.vjp(f, x)[1]
-    for u, got in zip((v, 2.0 * v), vjps, strict=True):
-        torch.testing.assert_close(got, ref_vjp(u)[0])
-    batched_vjp = torch.func.vmap(pullback)(torch.stack([v, 2.0 * v]))
-    torch.testing.assert_close(batched_vjp[1], vjps[1])
-    assert not (out.requires_grad or jv.requires_grad or out_vjp.requires_grad)
-    ref_jv = torch.func.jvp(f, (x,), (v,))[1]
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(jv, ref_jv)
-    # an output that does not depend on the input: zeros, as torch.func gives
-    torch.testing.assert_close(bk.jvp(lambda z: c, x, v)[1], torch.zeros_like(v))
-    torch.testing.assert_close(bk.vjp(lambda z: c, x)[1](v), torch.zeros_like(x))
-    # inside transforms the torch.func path composes
-    batched = torch.func.vmap(lambda w: bk.jvp(f, x, w)[1])(torch.stack([v, 2.0 * v]))
-    torch.testing.assert_close(batched[1], 2.0 * ref_jv)
-    hess_row = torch.func.grad(lambda z: bk.value_and_grad(J)(z)[1][0])(x)
-    torch.testing.assert_close(hess_row, torch.func.hessian(J)(x)[0])
-    assert "vjp" in used
 
 
 def test_compiled_kernels_receive_varying_numbers_as_arrays():

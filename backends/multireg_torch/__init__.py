@@ -13,12 +13,6 @@ Python reference decompositions (the plain tensor's tangent is an efficient zero
 * ``jacobian`` the double-vjp jvp vmapped over the p input directions (for few parameters and
   many outputs, as the parametric Gauss–Newton matrices need), ``hessian`` ``jacrev(grad)``.
 
-Called outside any ``torch.func`` transform, ``jvp`` and ``vjp`` use plain ``torch.autograd``
-(the same reverse passes without torch.func's wrappers, ~60 µs less per call: a nonparametric
-registration calls both in every CG product); inside a transform they use torch.func, so they
-compose with ``vmap`` and ``grad``. (``value_and_grad`` stays on torch.func: plain autograd's
-gradient differed in round-off and moved where the homotopy's corrector stopped.)
-
 ``jit`` is the identity unless the backend is created with ``TorchBackend(compile=True)``, which
 wraps functions in ``torch.compile``. Arrays stay on the device they came on.
 
@@ -97,30 +91,6 @@ class TorchBackend:
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()
 
-    def _top_level(self, *arrays) -> bool:
-        """No torch.func transform is active and no input carries an autograd graph: plain
-        ``torch.autograd`` then computes what ``torch.func`` would, without its wrappers (about
-        60 µs less per ``vjp``, paid in every CG product of a nonparametric registration)."""
-        torch = self._torch
-        if torch._C._functorch.maybe_current_level() is not None:
-            return False
-        return not any(isinstance(a, torch.Tensor) and a.requires_grad for a in arrays)
-
-    def _autograd(self, outputs, inputs, cotangents, *, create_graph=False, retain_graph=None):
-        """``torch.autograd.grad`` that gives zeros, as ``torch.func`` does, for an output that
-        does not depend on the input."""
-        if not outputs.requires_grad:
-            return self._torch.zeros_like(inputs)
-        (g,) = self._torch.autograd.grad(
-            outputs,
-            inputs,
-            cotangents,
-            create_graph=create_graph,
-            retain_graph=retain_graph,
-            materialize_grads=True,
-        )
-        return g
-
     def value_and_grad(self, f):
         grad_and_value = self._func.grad_and_value(f)
 
@@ -131,16 +101,6 @@ class TorchBackend:
         return value_and_grad
 
     def jvp(self, f, x, v):
-        torch = self._torch
-        if self._top_level(x, v):
-            # J v as the vjp of u ↦ Jᵀu (see _transpose), with plain autograd
-            x_ = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                out = f(x_)
-                u = torch.zeros_like(out, requires_grad=True)
-                g = self._autograd(out, x_, u, create_graph=True)
-                jv = self._autograd(g, u, v)
-            return out.detach(), jv
         out, pull_back = self._transpose(f, x)
         return out, pull_back(v)
 
@@ -152,18 +112,6 @@ class TorchBackend:
         return out, lambda v: transpose(v)[0]
 
     def vjp(self, f, x):
-        if self._top_level(x):
-            torch = self._torch
-            x_ = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                out = f(x_)
-
-            def pullback(u):
-                if self._top_level(u):  # the graph is kept: the pullback may be called again
-                    return self._autograd(out, x_, u, retain_graph=True)
-                return self._func.vjp(f, x)[1](u)[0]  # inside a transform: compose
-
-            return out.detach(), pullback
         out, pullback = self._func.vjp(f, x)
         return out, lambda u: pullback(u)[0]
 
