@@ -102,11 +102,12 @@ def translation_search(P: Any, w: Array, radius: float, starts: int = SEARCH_STA
     start = np.tile(mo.identity(), (len(cand), 1))
     start[:, list(cols)] += cand
     fixed = bk.to_numpy(w)
-    terms = []
+    kernel = _frame_terms_kernel(bk, P.residual)
+    on_device = []
     for s in start:
-        trial = np.where(free[:, None], s[None, :], fixed)
-        terms.append(frame_terms(P, bk.asarray(trial, dtype=w.dtype, device=dev)))
-    terms = np.stack(terms)  # (T, N)
+        trial = bk.asarray(np.where(free[:, None], s[None, :], fixed), dtype=w.dtype, device=dev)
+        on_device.append(kernel(trial, P.inner(trial), *P.data))
+    terms = bk.to_numpy(bk.xp.stack(on_device))  # (T, N): one copy to the host
     cells = cand / np.asarray(P.domain.h)[None, :]
     picks = np.zeros((starts, w.shape[0]), int)
     for k in range(w.shape[0]):
