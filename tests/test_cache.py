@@ -110,6 +110,26 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
         multireg.set_cache_dir(3)
 
 
+@pytest.mark.parametrize(
+    "setting, value",
+    [("jax_disable_most_optimizations", True), ("jax_exec_time_optimization_effort", -0.5)],
+)
+def test_the_compiler_settings_name_the_kept_programs(setting, value):
+    """A program compiled with other optimisation settings (the test suite's, a user's quick
+    setting) is not loaded in their place: the settings are part of the program's name."""
+    jax = pytest.importorskip("jax")
+    bk = multireg.get_backend("jax")
+    before = bk._environment()
+    old = jax.config.values[setting]
+    jax.config.update(setting, value)
+    try:
+        changed = bk._environment()
+    finally:
+        jax.config.update(setting, old)
+    assert changed != before
+    assert bk._environment() == before
+
+
 # What a new process imports for `multireg register` (JAX): the framework and what the images
 # and the computation need (SciPy included: JAX's CPU LAPACK calls, the spline's solve, come
 # from it), nothing that only other commands, formats or displays use.

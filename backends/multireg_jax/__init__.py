@@ -184,8 +184,12 @@ class JaxBackend:
                 device.platform, device.device_kind, os.environ.get("XLA_FLAGS", ""),
             )  # fmt: skip
         config = self._jax.config
-        settings = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_dtype_promotion")
-        return repr((fixed, *(getattr(config, name) for name in settings)))
+        settings = (
+            "jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_dtype_promotion",
+            "jax_disable_most_optimizations", "jax_optimization_level",
+            "jax_exec_time_optimization_effort",
+        )  # fmt: skip
+        return repr((fixed, *(config.values.get(name) for name in settings)))
 
     def sync(self, x):
         return self._jax.block_until_ready(x)
