@@ -47,6 +47,7 @@ __all__ = [
     "jit",
     "program_key",
     "set_cache_dir",
+    "whole",
 ]
 
 ENV_VAR = "MULTIREG_CACHE_DIR"
@@ -154,3 +155,33 @@ def jit(bk: Any, f: Callable, *key: Any) -> Callable:
     stored = getattr(bk, "jit_stored", None)
     name = program_key(*key) if stored is not None else None
     return bk.jit(f) if name is None else stored(f, name)
+
+
+_whole: dict[tuple[str, str], Callable] = {}
+
+
+def whole(f: Callable, key: tuple[Any, ...], *arrays: Any) -> Any:
+    """``f(*arrays)`` run as one compiled program where the arrays' backend keeps programs
+    (JAX), else as it is.
+
+    For the public functions a user (or a test) calls outside any compiled objective, e.g.
+    :func:`multireg.interpolation.spline_interpolate` on concrete arrays. Run eagerly, JAX
+    compiles each operation on its own for every new shape: about 50 ms each on XLA's CPU,
+    ~125 compilations per call of the 3-D spline. As one program it is one compilation, kept
+    between processes like the others (:func:`jit`). Inside a trace (a compiled objective,
+    ``jax.jvp``) the program is a nested ``jit`` that the outer one inlines. ``f`` must be
+    determined by ``key`` (multireg's own objects, :func:`program_key`) and the arrays' shapes
+    and dtypes; argument checks belong before this call, where they raise eagerly.
+    """
+    from multireg import _backend
+
+    name = _backend.infer_backend(*arrays)
+    if name is None:
+        return f(*arrays)
+    bk = _backend._instance(name)
+    if getattr(bk, "jit_stored", None) is None or program_key(*key) is None:
+        return f(*arrays)
+    program = _whole.get((name, program_key(*key)))
+    if program is None:
+        program = _whole[name, program_key(*key)] = jit(bk, f, "whole", *key)
+    return program(*arrays)

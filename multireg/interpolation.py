@@ -20,6 +20,7 @@ Reference: J. Modersitzki, *FAIR: Flexible Algorithms for Image Registration*, S
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -29,7 +30,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from multireg import _bspline
+from multireg import _bspline, _cache
 from multireg.grid import Domain
 
 __all__ = [
@@ -128,6 +129,11 @@ def linear_interpolate(data: Any, domain: Domain, x: Any) -> Any:
     _check_domain(domain)
     _check_image(xp, data, "data", domain)
     _check_points(xp, x, domain)
+    return _cache.whole(functools.partial(_linear, domain), ("linear", domain), data, x)
+
+
+def _linear(domain: Domain, data: Any, x: Any) -> Any:
+    xp = array_api_compat.array_namespace(data, x)
     m, d = domain.m, domain.dim
     # One layer of zeros below and two above each axis: the upper corner of a point clipped to
     # the top of the band then still lies inside the array.
@@ -219,6 +225,16 @@ def spline_coefficients(data: Any, theta: Any = 0.0, *, regularizer: str = "mome
         if array_api_compat.array_namespace(theta) is not xp:
             raise TypeError("theta must be a Python number or an array of data's namespace")
         theta = xp.astype(theta, dtype)
+    else:  # as data: another theta is not another program
+        theta = xp.asarray(float(theta), dtype=dtype, device=device)
+    return _cache.whole(
+        functools.partial(_coefficients, regularizer), ("coefficients", regularizer), data, theta
+    )
+
+
+def _coefficients(regularizer: str, data: Any, theta: Any) -> Any:
+    xp = array_api_compat.array_namespace(data, theta)
+    dtype, device = data.dtype, array_api_compat.device(data)
     solves = {}  # axes of equal size share their solution operator
     coef = data
     for k, m_k in enumerate(data.shape):
@@ -244,6 +260,11 @@ def spline_interpolate(coef: Any, domain: Domain, x: Any) -> Any:
     _check_domain(domain)
     _check_image(xp, coef, "coef", domain)
     _check_points(xp, x, domain)
+    return _cache.whole(functools.partial(_spline, domain), ("spline", domain), coef, x)
+
+
+def _spline(domain: Domain, coef: Any, x: Any) -> Any:
+    xp = array_api_compat.array_namespace(coef, x)
     return _bspline.evaluate(coef, _index_coordinates(xp, domain, x))
 
 

@@ -125,3 +125,30 @@ def test_a_registration_runs_few_programs(no_kept_programs):
     helpers = {"value_and_norm", "norm", "_jacobi", "_multiply"}  # fused into other kernels
     assert not helpers & set(counted), dict(counted)
     assert sum(counted.values()) <= 34, dict(counted)
+
+
+def test_an_eager_spline_call_is_one_program_and_another_theta_is_none():
+    """Called outside any compiled function, the interpolation functions run as one program
+    each (an eager JAX call traced each of ~100 operations as a program of its own), and a
+    second smoothing weight traces nothing new."""
+    from multireg.grid import Domain
+    from multireg.interpolation import linear_interpolate, spline_coefficients, spline_interpolate
+
+    domain = Domain((0.0, 1.0, 0.0, 1.0, 0.0, 1.0), (5, 4, 3))
+    rng = np.random.default_rng(3)
+    data = jax.numpy.asarray(rng.standard_normal(domain.m))
+    x = jax.numpy.asarray(rng.uniform(-0.1, 1.1, (17, 3)))
+    with traces() as first:
+        coef = spline_coefficients(data, 0.5)
+        values = spline_interpolate(coef, domain, x)
+        linear = linear_interpolate(data, domain, x)
+    assert sum(first.values()) <= 8, first  # three programs and a few conversions
+    with traces() as again:
+        coef2 = spline_coefficients(data, 2.0)
+        spline_interpolate(coef2, domain, x)
+    assert sum(again.values()) == 0, again
+    # the programs compute what NumPy's eager operations do
+    data_np, x_np = np.asarray(data), np.asarray(x)
+    reference = spline_interpolate(spline_coefficients(data_np, 0.5), domain, x_np)
+    assert _close(values, reference)
+    assert _close(linear, linear_interpolate(data_np, domain, x_np))

@@ -217,6 +217,8 @@ class _Stored:
         self._flatten = bk._jax.tree_util.tree_flatten
 
     def __call__(self, *args):
+        if not _top_level() or self._bk._jax.config.values.get("jax_disable_jit"):
+            return self._jitted(*args)  # traced: concrete leaves are the trace's constants
         leaves, tree = self._flatten(args)
         signature = [tree]
         for x in leaves:
@@ -240,6 +242,17 @@ class _Stored:
             program = _compile_afresh(self._bk._jax, self._jitted.lower(*args))
             _save(path, program)
         return program
+
+
+def _top_level() -> bool:
+    """Is no JAX transformation tracing now? (No public API says so; without the private one
+    every call takes the plain jitted path, which is correct, only not kept on disk.)"""
+    try:
+        from jax._src import core
+
+        return core.trace_ctx.is_top_level()
+    except (ImportError, AttributeError):  # pragma: no cover - a JAX without it
+        return False
 
 
 _compile_lock = threading.Lock()
