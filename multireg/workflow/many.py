@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Job", "PairResult", "register_many"]
+__all__ = ["DASK_WORKERS", "Job", "PairResult", "register_many"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,39 @@ def _is_dask(executor: Any) -> bool:
     return type(executor).__module__.split(".")[0] == "distributed"
 
 
+DASK_WORKERS = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+"""Dask configuration for workers that register: ``with dask.config.set(DASK_WORKERS):`` around
+starting the cluster (``LocalCluster``; the same setting in the config of ``dask worker``).
+Dask's default starts each worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which fixes glibc's
+threshold for giving memory back: every freed array of 128 KiB or more is unmapped and the next
+one mapped and zeroed afresh. A 128² affine registration on torch then took 1.7-2.8x as long
+as in a plain process (bench/scale.py). ``register_many`` warns when a client's workers run so."""
+
+TRIM_LIMIT = 16 * 1024**2
+"""A worker whose ``MALLOC_TRIM_THRESHOLD_`` is below this (bytes) gets :data:`DASK_WORKERS`'s
+warning."""
+
+
+def _trim_threshold() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def _warn_if_trimming(client: Any) -> None:
+    try:
+        values = client.run(_trim_threshold).values()
+    except Exception:  # not a Client, or a worker that cannot answer: no advice then
+        return
+    small = sorted({v for v in values if v is not None and v.isdigit() and int(v) < TRIM_LIMIT})
+    if small:
+        warnings.warn(
+            f"the Dask workers run with MALLOC_TRIM_THRESHOLD_={', '.join(small)}, Dask's "
+            "default, under which registrations take up to ~3x as long; start them inside "
+            "dask.config.set(multireg.workflow.many.DASK_WORKERS)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _default_executor(workers: int | None) -> cf.Executor:
     # spawn, not fork: a forked child of a process that has started JAX's or torch's threads can
     # deadlock; a spawned worker starts clean and imports the framework for itself.
@@ -306,6 +340,8 @@ def register_many(
     own = executor is None
     ex = _default_executor(workers) if own else executor
     dask = _is_dask(ex)
+    if dask:
+        _warn_if_trimming(ex)
     futures: dict[Any, int] = {}
     results: list[PairResult | None] = [None] * len(job_list)
     try:

@@ -237,11 +237,18 @@ def test_register_many_pair_folders_hold_what_register_writes(tmp_path, capsys, 
 @pytest.mark.slow
 def test_register_many_on_a_dask_scheduler(tmp_path, capsys, restored_environ):
     distributed = pytest.importorskip("distributed")
+    import dask
+
+    from multireg.workflow.many import DASK_WORKERS
+
     manifest = _manifest(tmp_path, n=2)
     out = tmp_path / "out"
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster:
+    with (
+        dask.config.set(DASK_WORKERS),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+    ):
         code, _, err = _run(
             capsys, "register-many", manifest, "--transform", "translation", "--levels", "1",
             "--backend", FAST, "--scheduler", cluster.scheduler_address, "--out", out,

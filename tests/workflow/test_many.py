@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
+import warnings
 
 import numpy as np
 import pytest
 
 import multireg
 from multireg.data import blobs
-from multireg.workflow.many import Job, PairResult, register_many
+from multireg.workflow import many
+from multireg.workflow.many import DASK_WORKERS, Job, PairResult, register_many
 
 OPTIONS = dict(transform="translation", levels=1)
 
@@ -152,9 +155,12 @@ def test_bad_arguments_fail_before_any_work():
 @pytest.mark.slow
 def test_on_a_dask_local_cluster_each_pair_runs_once(restored_environ):
     distributed = pytest.importorskip("distributed")
+    import dask
+
     pairs, omega = _pairs(3)
     jobs = [*pairs, pairs[0]]  # two equal pairs: two tasks, not one (no deduplication)
     with (
+        dask.config.set(DASK_WORKERS),  # else register_many warns (filterwarnings: error)
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
@@ -186,3 +192,32 @@ def test_an_interrupt_stops_the_workers_and_leaves_no_partial_folder(tmp_path):
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == ["p1"]  # the pair that completed; nothing hidden, nothing partial
     assert sorted(p.name for p in (tmp_path / "p1").iterdir()) == ["warped.npy"]
+
+
+class _Workers:
+    """A stand-in Dask client: ``run`` answers each worker's MALLOC_TRIM_THRESHOLD_."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def run(self, function):
+        assert function() == os.environ.get("MALLOC_TRIM_THRESHOLD_")  # what a worker runs
+        return dict(enumerate(self.values))
+
+
+def test_dask_workers_that_trim_memory_are_warned_about():
+    with pytest.warns(RuntimeWarning, match="MALLOC_TRIM_THRESHOLD_=65536.*DASK_WORKERS"):
+        many._warn_if_trimming(_Workers([None, "65536"]))
+    for fine in ([None, None], [str(64 * 1024**2)]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            many._warn_if_trimming(_Workers(fine))
+    many._warn_if_trimming(object())  # not a client: no advice, no error
+    pytest.importorskip("distributed")
+    import dask
+    from distributed.nanny import _get_env_variables  # what a Nanny gives its worker
+
+    key = "distributed.nanny.pre-spawn-environ"
+    assert "MALLOC_TRIM_THRESHOLD_" in _get_env_variables(key)  # Dask's default
+    with dask.config.set(DASK_WORKERS):
+        assert "MALLOC_TRIM_THRESHOLD_" not in _get_env_variables(key)
