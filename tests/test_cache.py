@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,70 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
         assert multireg.cache_dir() is None
     with pytest.raises(TypeError, match="path"):
         multireg.set_cache_dir(3)
+
+
+def _files(folder: Path, sizes_ages: dict[str, tuple[int, float]]) -> None:
+    now = time.time()
+    for name, (size, age) in sizes_ages.items():
+        path = folder / name
+        path.write_bytes(b"x" * size)
+        os.utime(path, (now - age, now - age))
+
+
+def test_trim_deletes_the_least_recently_used_files_first(tmp_path):
+    _files(tmp_path, {"old": (400, 300), "mid": (300, 200), "new": (200, 100)})
+    (tmp_path / "sub").mkdir()  # a folder is not a file of the cache: left alone
+    assert multireg._cache.trim(tmp_path, 600) == 500
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid", "new", "sub"]
+    os.utime(tmp_path / "mid", (time.time(), time.time() - 200))  # read just now: recent
+    assert multireg._cache.trim(tmp_path, 300) == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid", "sub"]
+    assert multireg._cache.trim(tmp_path / "missing", 10) == 0
+
+
+def test_a_bounded_folder_is_scanned_once_then_counted(tmp_path, monkeypatch):
+    scans = []
+    real = multireg._cache.trim
+    monkeypatch.setattr(multireg._cache, "trim", lambda f, b: scans.append(f) or real(f, b))
+    _files(tmp_path, {"a": (500, 300), "b": (400, 200)})
+    bound = multireg._cache.Bounded(1000)
+    bound.wrote(tmp_path, 0)  # the first write scans: 900 bytes kept
+    (tmp_path / "c").write_bytes(b"x" * 50)
+    bound.wrote(tmp_path, 50)  # 950: counted, not scanned
+    assert len(scans) == 1
+    (tmp_path / "d").write_bytes(b"x" * 100)
+    bound.wrote(tmp_path, 100)  # 1050 > 1000: scanned, the oldest file goes
+    assert len(scans) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c", "d"]
+
+
+BOUNDED = r"""
+import sys
+import numpy as np
+import multireg, multireg._cache
+multireg._cache.MAX_BYTES = int(sys.argv[1])
+import jax
+multireg.get_backend("jax")
+assert jax.config.jax_compilation_cache_max_size == -1  # JAX's per-write scan is off
+for n in range(1, 5):  # four programs into JAX's own cache
+    jax.jit(lambda a: a * 2.0 + 1.0)(np.ones(n))
+"""
+
+
+@pytest.mark.slow
+def test_the_jax_cache_is_trimmed_to_its_bound_when_the_process_ends(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MULTIREG_CACHE"))}
+    env["MULTIREG_CACHE_DIR"] = str(tmp_path)
+
+    def run(bound: int) -> int:
+        out = subprocess.run([sys.executable, "-c", BOUNDED, str(bound)], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        return sum(p.stat().st_size for p in (tmp_path / "jax").iterdir() if p.is_file())
+
+    kept = run(2**40)
+    assert kept > 0
+    assert run(kept // 2) <= kept // 2
 
 
 @pytest.mark.parametrize(

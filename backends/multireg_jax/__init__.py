@@ -112,7 +112,10 @@ class JaxBackend:
             config.update("jax_enable_compilation_cache", True)
             config.update("jax_compilation_cache_dir", str(folder))
             config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-            config.update("jax_compilation_cache_max_size", _cache.MAX_BYTES)
+            # JAX's own bound rescans the folder at every write (O(entries) each); multireg
+            # trims it once, when the process ends
+            config.update("jax_compilation_cache_max_size", -1)
+            _cache.trim_at_exit(folder, _cache.MAX_BYTES)
         compilation_cache.reset_cache()  # the next compilation opens the folder now in force
 
     def __repr__(self) -> str:
@@ -197,6 +200,8 @@ class JaxBackend:
 
 PROGRAMS_MAX_BYTES = 1024**3
 """Upper bound of the kept programs' folder; the least recently used files go first."""
+
+_programs_bound: Any = None  # multireg._cache.Bounded, made at the first save
 
 
 class _Stored:
@@ -308,6 +313,15 @@ def _initialize_lapack() -> None:
     linalg.initialize_lapack()
 
 
+def _bound() -> Any:
+    global _programs_bound
+    if _programs_bound is None:
+        from multireg import _cache
+
+        _programs_bound = _cache.Bounded(PROGRAMS_MAX_BYTES)
+    return _programs_bound
+
+
 def _save(path: Path, program: Any) -> None:
     """Write atomically (concurrent processes may save the same program); a program that
     cannot be serialised (one with constants captured from the host) is just not kept."""
@@ -323,17 +337,6 @@ def _save(path: Path, program: Any) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
             f.write(data)
         os.replace(f.name, path)
-        _evict(path.parent)
+        _bound().wrote(path.parent, len(data))
     except OSError:
         pass
-
-
-def _evict(folder: Path) -> None:
-    """Keep the folder under :data:`PROGRAMS_MAX_BYTES`, least recently used first."""
-    files = [(p.stat(), p) for p in folder.iterdir() if p.is_file()]
-    total = sum(s.st_size for s, _ in files)
-    for s, p in sorted(files, key=lambda e: e[0].st_mtime):
-        if total <= PROGRAMS_MAX_BYTES:
-            break
-        p.unlink(missing_ok=True)
-        total -= s.st_size
