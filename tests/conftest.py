@@ -1,5 +1,8 @@
 """Shared fixtures: every test runs on every installed backend.
 
+The README's command runs the suite on two worker processes (pytest-xdist, ``-n 2``): JAX's
+compilations are single-threaded and dominate a run on an empty cache.
+
 ``MULTIREG_BACKENDS=torch,jax`` narrows the set. Hypothesis runs derandomised under CI (the
 ``ci`` profile, chosen when ``CI`` is set) so that a CI failure reproduces exactly.
 """
@@ -7,6 +10,11 @@
 from __future__ import annotations
 
 import os
+
+# The suite compiles ~7000 JAX programs and runs each for milliseconds: XLA's backend optimisation
+# (LLVM -O3) is compile time the tests never win back (7 % of the registration tests' cold time).
+# Kept programs are named with this setting (JaxBackend._environment): a user's are never used.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import numpy as np
 import pytest

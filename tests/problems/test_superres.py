@@ -295,7 +295,7 @@ def test_pre_registration_finds_the_motions(ad_bk):
 
 
 @pytest.mark.slow  # 7-17 s on 2 shared cores (pre-registration of 7 frames, then VarPro)
-def test_cli_synthetic_converges_and_improves_on_its_start(ad_bk):
+def test_cli_synthetic_converges_and_improves_on_its_start(one_ad_bk):
     """Issue 12.5: ``multireg superres --synthetic`` exited 3: the command line's --tol-g
     (1e-4) was not the library's (1e-2, see superres.solve), and on this model (linear
     interpolation: Φ is only piecewise smooth in w) the gradient levels off at ~1e-3. The
@@ -310,7 +310,7 @@ def test_cli_synthetic_converges_and_improves_on_its_start(ad_bk):
     defaults = inspect.signature(superres.solve).parameters
     args = cli.build_parser().parse_args(
         ["superres", "--synthetic", "--m-coarse", "8,8", "--n-frames", "8",
-         "--backend", ad_bk.name, "-q"]
+         "--backend", one_ad_bk.name, "-q"]
     )  # fmt: skip
     result, status = cli.run_superres(args)
     assert status is Status.CONVERGED, result.info["message"]
