@@ -79,15 +79,26 @@ def evaluate(c: Any, xi: Any) -> Any:
     def axis_sum(k: int, shift: int) -> Any:
         total = None
         for o in range(4):
-            # integer-array indexing, not take: array-api-compat wraps torch.index_select in a
-            # negative-index fix (three more passes over n); these indices are never negative
             at = shift + o * strides[k]
-            inner = flat[at:][corner] if k == d - 1 else axis_sum(k + 1, at)
+            inner = gather(xp, flat[at:], corner) if k == d - 1 else axis_sum(k + 1, at)
             term = weight[k][o] * inner
             total = term if total is None else total + term
         return total
 
     return axis_sum(0, 0)
+
+
+def gather(xp: Any, a: Any, index: Any) -> Any:
+    """``a[index]`` for a 1-D ``a`` and never-negative integer ``index``.
+
+    torch's ``index_select`` where the namespace has one (array-api-compat's torch): 3.6x faster
+    than integer-array indexing there (261 µs against 950 µs for 262144 values from 279 K, one
+    thread), which torch routes through its general advanced-indexing kernel, and its reverse
+    mode is an ``index_add``. The standard's ``take`` is ``index_select`` after a negative-index
+    fix (652 µs: three more passes over the index). Elsewhere (JAX, NumPy) integer indexing,
+    a plain gather (JAX's ``take`` adds a fill mask for out-of-range indices)."""
+    select = getattr(xp, "index_select", None)
+    return a[index] if select is None else select(a, 0, index)
 
 
 def _pad(xp: Any, c: Any) -> Any:

@@ -123,7 +123,7 @@ def test_one_reference_per_template_and_a_start(ad_bk):
 def test_pairs_in_chunks_equal_the_loop(ad_bk, monkeypatch):
     """Kernels that take the pairs in chunks (here of 4 on the 32² level: 4 + 3, the short one
     padded on JAX) give the loop's results, the pairs in their order."""
-    monkeypatch.setattr(_batch_kernels, "CHUNK_POINTS", 4 * M[0] * M[1])
+    monkeypatch.setitem(_batch_kernels.CHUNK_POINTS, ad_bk.name, 4 * M[0] * M[1])
     monkeypatch.setattr(_batch_kernels, "_KERNELS", {})
     Ts, R, omega = _series()
     Ts = Ts + Ts[3:] + Ts[1:2]  # 7 pairs, the last ones repeated in another order
